@@ -1,0 +1,42 @@
+# facejobs: `make demo` and `make test` work from a fresh clone (they create .venv and install).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch 2.14.1 is the tested release; override TORCH for another platform.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast lint up bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	# facenet-pytorch 2.6 pins an old torch: take 2.5.3 without its pins (its one real need, requests, is ours)
+	$(BIN)/python -m pip install -q --no-deps facenet-pytorch==2.5.3
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/python -m jobs.demo
+
+up: install
+	$(BIN)/facejobs up
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: install
+	for b in bench/*.py; do $(BIN)/python $$b --quick || exit 1; done
+
+clean:
+	rm -rf $(VENV) .facejobs test-artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The shared domain of facejobs: settings, tables, states, kinds and the artifact store."""

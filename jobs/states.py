@@ -1,0 +1,237 @@
+"""Job statuses, their allowed transitions, and the compare-and-swap helpers that change them.
+
+A status changes only through the functions here. Each is one UPDATE ... WHERE that names the
+state it expects (and, for a running job, the attempt and lease owner), so two workers, the reaper
+and the API can race and the database decides: a helper that loses returns False and changes
+nothing.
+
+    queued -> running -> succeeded | failed | cancelled
+    running -> queued        (lease expired, or the worker was told to shut down)
+    queued -> cancelled      (cancel before start)
+    failed | cancelled -> queued   (retry, by the owner)
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
+    JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUEUED}),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
+    JobStatus.CANCELLED: frozenset({JobStatus.QUEUED}),
+}
+
+
+class TransitionError(Exception):
+    """A transition the lifecycle does not allow."""
+
+
+def check_transition(old: JobStatus, new: JobStatus) -> None:
+    if new not in TRANSITIONS[old]:
+        raise TransitionError(f"a job cannot go from {old.value} to {new.value}")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _job() -> Any:
+    from jobs.models import Job
+
+    return Job
+
+
+def _fence(job_id: str, attempt: int, worker_id: str) -> Any:
+    job = _job()
+    return and_(
+        job.id == job_id,
+        job.status == JobStatus.RUNNING,
+        job.attempt == attempt,
+        job.lease_owner == worker_id,
+    )
+
+
+def claim(session: Session, job_id: str, worker_id: str, lease_seconds: int) -> int | None:
+    """queued -> running for this worker; the new attempt number, or None if someone else has it."""
+    job = _job()
+    now = utcnow()
+    res = session.execute(
+        update(job)
+        .where(job.id == job_id, job.status == JobStatus.QUEUED, job.cancel_requested.is_(False))
+        .values(
+            status=JobStatus.RUNNING,
+            attempt=job.attempt + 1,
+            lease_owner=worker_id,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            started_at=now,
+            updated_at=now,
+        )
+        .returning(job.attempt)
+    )
+    row = res.first()
+    return int(row[0]) if row else None
+
+
+def renew_lease(
+    session: Session, job_id: str, attempt: int, worker_id: str, lease_seconds: int, **values: Any
+) -> tuple[bool, bool]:
+    """Extend the lease (and write `values`, e.g. progress); (still ours, cancel requested)."""
+    job = _job()
+    now = utcnow()
+    res = session.execute(
+        update(job)
+        .where(_fence(job_id, attempt, worker_id))
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now, **values)
+        .returning(job.cancel_requested)
+    )
+    row = res.first()
+    if row is None:
+        return False, False
+    return True, bool(row[0])
+
+
+def fenced_update(session: Session, job_id: str, attempt: int, worker_id: str, **values: Any) -> bool:
+    """Write `values` only if this worker still holds this attempt's lease."""
+    job = _job()
+    res = session.execute(update(job).where(_fence(job_id, attempt, worker_id)).values(updated_at=utcnow(), **values))
+    return bool(res.rowcount)
+
+
+def finish(
+    session: Session,
+    job_id: str,
+    attempt: int,
+    worker_id: str,
+    status: JobStatus,
+    **values: Any,
+) -> bool:
+    """running -> succeeded | failed | cancelled, fenced by attempt and lease owner."""
+    check_transition(JobStatus.RUNNING, status)
+    now = utcnow()
+    return fenced_update(
+        session,
+        job_id,
+        attempt,
+        worker_id,
+        status=status,
+        finished_at=now,
+        lease_owner=None,
+        lease_expires_at=None,
+        **values,
+    )
+
+
+def requeue(session: Session, job_id: str, attempt: int, worker_id: str, preempted: bool) -> bool:
+    """running -> queued by the worker itself (shutdown or transient error)."""
+    job = _job()
+    values: dict[str, Any] = {"status": JobStatus.QUEUED, "lease_owner": None, "lease_expires_at": None}
+    if preempted:
+        values["preemptions"] = job.preemptions + 1
+    return fenced_update(session, job_id, attempt, worker_id, **values)
+
+
+def request_cancel(session: Session, job_id: str) -> JobStatus | None:
+    """Cancel: a queued job becomes cancelled at once, a running one is flagged. The status after."""
+    job = _job()
+    now = utcnow()
+    res = session.execute(
+        update(job)
+        .where(job.id == job_id, job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, updated_at=now)
+    )
+    if res.rowcount:
+        return JobStatus.CANCELLED
+    res = session.execute(
+        update(job)
+        .where(job.id == job_id, job.status == JobStatus.RUNNING)
+        .values(cancel_requested=True, updated_at=now)
+    )
+    if res.rowcount:
+        return JobStatus.RUNNING
+    status = session.execute(select(job.status).where(job.id == job_id)).scalar_one_or_none()
+    return JobStatus(status) if status is not None else None
+
+
+def retry(session: Session, job_id: str) -> bool:
+    """failed | cancelled -> queued, with a fresh error budget; False if the job is elsewhere."""
+    job = _job()
+    now = utcnow()
+    res = session.execute(
+        update(job)
+        .where(job.id == job_id, job.status.in_([JobStatus.FAILED, JobStatus.CANCELLED]))
+        .values(
+            status=JobStatus.QUEUED,
+            cancel_requested=False,
+            error=None,
+            finished_at=None,
+            attempt_base=job.attempt - job.preemptions,
+            enqueued_at=now,
+            updated_at=now,
+        )
+    )
+    return bool(res.rowcount)
+
+
+def reap_expired(session: Session, now: datetime | None = None) -> tuple[list[str], list[str]]:
+    """Requeue running jobs whose lease expired, or fail them when their attempts are spent.
+
+    Returns (requeued ids, failed ids). Each row is changed by its own compare-and-swap, so a worker
+    that renews at the same moment wins or loses cleanly.
+    """
+    job = _job()
+    now = now or utcnow()
+    rows = session.execute(
+        select(job.id, job.attempt, job.preemptions + job.attempt_base, job.max_attempts, job.lease_owner).where(
+            job.status == JobStatus.RUNNING, job.lease_expires_at < now
+        )
+    ).all()
+    requeued: list[str] = []
+    failed: list[str] = []
+    for job_id, attempt, not_counted, max_attempts, owner in rows:
+        cond = and_(
+            job.id == job_id,
+            job.status == JobStatus.RUNNING,
+            job.attempt == attempt,
+            job.lease_expires_at < now,
+            or_(job.lease_owner == owner, job.lease_owner.is_(None)),
+        )
+        if attempt - not_counted >= max_attempts:
+            values: dict[str, Any] = {
+                "status": JobStatus.FAILED,
+                "error": f"lease expired on attempt {attempt} (worker lost) and {max_attempts} attempts are spent",
+                "finished_at": now,
+            }
+            bucket = failed
+        else:
+            values = {"status": JobStatus.QUEUED, "enqueued_at": now}
+            bucket = requeued
+        res = session.execute(
+            update(job)
+            .where(cond)
+            .values(lease_owner=None, lease_expires_at=None, updated_at=now, reaped=job.reaped + 1, **values)
+        )
+        if res.rowcount:
+            bucket.append(job_id)
+    return requeued, failed

@@ -1,0 +1,1 @@
+"""Celery workers that run facejobs' jobs on GPUs and CPUs."""

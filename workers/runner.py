@@ -1,0 +1,210 @@
+"""Running one job: claim by compare-and-swap, heartbeat, call the kind's runner, record the end.
+
+`execute(job_id)` is all a Celery task does. The database decides everything: a message for a job
+that is not `queued` is dropped, and every write after the claim is fenced by the attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import update
+
+from jobs.broker import enqueue
+from jobs.db import session_scope
+from jobs.errors import JobInputError, TransientError
+from jobs.kinds import get_kind, load_runner, validate_params
+from jobs.models import Job, JobEvent, Worker
+from jobs.settings import Settings, get_settings
+from jobs.states import JobStatus, claim, finish, requeue, utcnow
+from jobs.store import get_store
+from workers.context import JobContext
+from workers.runners import Preempted
+
+log = logging.getLogger(__name__)
+TRACEBACK_TAIL = 4000
+
+
+@dataclass
+class Outcome:
+    status: str  # dropped | succeeded | failed | cancelled | requeued | lost
+    detail: str = ""
+
+
+class Heartbeat(threading.Thread):
+    """Renews the lease and reads the cancel and drain flags every `heartbeat_seconds`."""
+
+    def __init__(self, ctx: JobContext, node: str, interval: float) -> None:
+        super().__init__(name=f"heartbeat-{ctx.job_id}", daemon=True)
+        self.ctx, self.node, self.interval = ctx, node, interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            self.ctx.heartbeat()
+            try:
+                with session_scope(self.ctx.settings.resolved_database_url) as s:
+                    w = s.get(Worker, self.node)
+                    if w is not None:
+                        w.last_heartbeat = utcnow()
+                        w.current_job_id = self.ctx.job_id
+                        if w.draining:
+                            self.ctx._drain.set()
+            except Exception:
+                log.exception("worker heartbeat failed (the job goes on)")
+
+
+def default_device() -> Any:
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def worker_identity(node: str | None = None) -> tuple[str, str]:
+    """(worker row id, lease owner): the node name, and node/pid so each pool child is distinct."""
+    node = node or f"facejobs@{socket.gethostname()}"
+    return node, f"{node}/{os.getpid()}"
+
+
+def _event(db: str, job_id: str, attempt: int, type_: str, message: str) -> None:
+    try:
+        with session_scope(db) as s:
+            s.add(JobEvent(job_id=job_id, attempt=attempt, type=type_, message=message))
+    except Exception:
+        log.exception("could not record %s event for job %s", type_, job_id)
+
+
+def execute(
+    job_id: str,
+    node: str | None = None,
+    settings: Settings | None = None,
+    device: Any = None,
+    drain_event: threading.Event | None = None,
+) -> Outcome:
+    """Claim and run job `job_id` to an end (or a requeue); never raises for the job's own errors."""
+    settings = settings or get_settings()
+    db = settings.resolved_database_url
+    node, owner = worker_identity(node)
+    with session_scope(db) as s:
+        attempt = claim(s, job_id, owner, settings.lease_seconds)
+        job = s.get(Job, job_id) if attempt else None
+    if attempt is None or job is None:
+        log.info("job %s is not queued (or is cancelled): message dropped", job_id)
+        return Outcome("dropped")
+    _event(db, job_id, attempt, "status", f"running on {owner} (attempt {attempt})")
+
+    spec = get_kind(job.kind)
+    workdir = settings.home.resolve() / "work" / f"{job_id}-{attempt}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        params = validate_params(job.kind, job.params)
+        ctx = JobContext(
+            job, attempt, owner, params, settings, get_store(settings),
+            device if device is not None else default_device(), workdir, drain_event,
+        )  # fmt: skip
+    except Exception as exc:
+        return _fail(db, job_id, attempt, owner, exc)
+
+    beat = Heartbeat(ctx, node, settings.heartbeat_seconds)
+    _set_current(db, node, job_id)
+    beat.start()
+    try:
+        result = load_runner(spec)(ctx)
+    except Preempted:
+        return _stopped(ctx, db, spec.name)
+    except TransientError as exc:
+        return _transient(ctx, db, exc)
+    except Exception as exc:
+        if ctx.lease_lost:
+            return Outcome("lost", str(exc))
+        return _fail(db, job_id, attempt, owner, exc)
+    finally:
+        beat.stopped.set()
+        beat.join(5)
+        _set_current(db, node, None)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    with session_scope(db) as s:
+        ok = finish(
+            s, job_id, attempt, owner, JobStatus.SUCCEEDED, result=result or {},
+            progress_step=Job.progress_total,
+        )  # fmt: skip
+    if not ok:
+        return Outcome("lost", "lease lost before the result was recorded")
+    _event(db, job_id, attempt, "status", "succeeded")
+    return Outcome("succeeded")
+
+
+def _set_current(db: str, node: str, job_id: str | None) -> None:
+    try:
+        with session_scope(db) as s:
+            s.execute(update(Worker).where(Worker.id == node).values(current_job_id=job_id, last_heartbeat=utcnow()))
+    except Exception:
+        log.exception("could not update worker %s", node)
+
+
+def _stopped(ctx: JobContext, db: str, kind: str) -> Outcome:
+    """The runner checkpointed and returned early: cancelled, lease lost, or worker draining."""
+    if ctx.lease_lost:
+        return Outcome("lost", "lease lost; another attempt owns the job")
+    if ctx.cancelled:
+        with session_scope(db) as s:
+            finish(s, ctx.job_id, ctx.attempt, ctx.worker_id, JobStatus.CANCELLED, error="cancelled by the user")
+        _event(db, ctx.job_id, ctx.attempt, "status", "cancelled")
+        return Outcome("cancelled")
+    with session_scope(db) as s:
+        ok = requeue(s, ctx.job_id, ctx.attempt, ctx.worker_id, preempted=True)
+        job = s.get(Job, ctx.job_id)
+        queue = job.queue if job else "gpu"
+    if ok:
+        _event(db, ctx.job_id, ctx.attempt, "status", "requeued: worker shutting down (not counted as a failure)")
+        _send_again(db, ctx.job_id, kind, queue)
+    return Outcome("requeued", "worker shutting down")
+
+
+def _transient(ctx: JobContext, db: str, exc: Exception) -> Outcome:
+    with session_scope(db) as s:
+        job = s.get(Job, ctx.job_id)
+        budget_left = job is not None and (job.attempt - job.preemptions - job.attempt_base) < job.max_attempts
+    if not budget_left:
+        return _fail(db, ctx.job_id, ctx.attempt, ctx.worker_id, exc)
+    with session_scope(db) as s:
+        ok = requeue(s, ctx.job_id, ctx.attempt, ctx.worker_id, preempted=False)
+    if ok:
+        _event(db, ctx.job_id, ctx.attempt, "error", f"transient error, retrying: {exc}")
+        _send_again(db, ctx.job_id, ctx.kind, job.queue if job else "gpu")
+    return Outcome("requeued", str(exc))
+
+
+def _send_again(db: str, job_id: str, kind: str, queue: str) -> None:
+    try:
+        enqueue(job_id, kind, queue)
+        with session_scope(db) as s:
+            s.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+    except Exception:
+        # The reaper re-sends queued jobs whose message was never sent.
+        log.exception("could not re-send job %s; the reaper will", job_id)
+        with session_scope(db) as s:
+            s.execute(update(Job).where(Job.id == job_id).values(enqueued_at=None))
+
+
+def _fail(db: str, job_id: str, attempt: int, owner: str, exc: BaseException) -> Outcome:
+    if isinstance(exc, JobInputError):
+        message = f"{exc}"
+        if exc.__cause__ is not None:
+            message += f"\n{exc.__cause__}"
+    else:
+        tail = "".join(traceback.format_exception(exc))[-TRACEBACK_TAIL:]
+        message = f"{type(exc).__name__}: {exc}\n\n{tail}"
+    with session_scope(db) as s:
+        finish(s, job_id, attempt, owner, JobStatus.FAILED, error=message)
+    _event(db, job_id, attempt, "error", message[:TRACEBACK_TAIL])
+    log.warning("job %s failed: %s", job_id, str(exc)[:500])
+    return Outcome("failed", message)
