@@ -76,7 +76,7 @@ def _launch_gpu_workers(args: argparse.Namespace) -> int:
     for i, gpu in enumerate(g.strip() for g in args.gpus.split(",") if g.strip()):
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
         if i > 0:
-            env["FACEJOBS_NO_REAPER"] = "1"
+            env["FACEJOBS_RUN_REAPER"] = "false"
         cmd = [
             sys.executable, "-m", "jobs.cli", "worker", "--queues", args.queues, "--concurrency", "1",
             "--name", f"gpu{gpu}@{host}", "--pool", args.pool, "--loglevel", args.loglevel,

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     reaper_interval_seconds: float = 15.0
     worker_stale_seconds: int = 120
     max_tasks_per_child: int = 20
+    run_reaper: bool = Field(True, description="Run the reaper loop in this worker's main process.")
+    cuda_visible_devices: str | None = Field(
+        None, validation_alias="CUDA_VISIBLE_DEVICES", description="The GPU this worker is pinned to."
+    )
     default_max_attempts: int = 3
 
     # API server and the CLI's view of it

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, Protocol, TypeVar
 from urllib.parse import urlsplit
 
@@ -39,8 +39,7 @@ def check_key(key: str) -> str:
     """The key itself if it is a safe relative path, else `InvalidKey`."""
     if not key or key.startswith("/") or "\\" in key or "\x00" in key:
         raise InvalidKey(f"invalid store key {key!r}: must be a relative path")
-    parts = PurePosixPath(key).parts
-    if any(p in ("..", ".", "") for p in parts) or key.endswith("/"):
+    if any(p in ("..", ".", "") for p in key.split("/")):
         raise InvalidKey(f"invalid store key {key!r}: '.' and '..' segments are not allowed")
     return key
 
@@ -177,8 +176,13 @@ class S3Store:
     """Objects in an S3 bucket through the minio SDK, with retries on transient errors."""
 
     def __init__(self, settings: Settings) -> None:
+        import urllib3
         from minio import Minio
 
+        # One retry policy, ours (named transient errors, with backoff): urllib3's own is off.
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5, read=300), retries=urllib3.Retry(total=0), maxsize=16
+        )
         self.settings = settings
         self.bucket = settings.s3_bucket
         secret = settings.s3_secret_key.get_secret_value()
@@ -188,6 +192,7 @@ class S3Store:
             secret_key=secret,
             secure=settings.s3_secure,
             region=settings.s3_region,
+            http_client=http,
         )
         public = settings.s3_public_endpoint
         if public:

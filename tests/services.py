@@ -246,3 +246,17 @@ def _stack(
         stack.client.close()
         stack.other.close()
         reset_process_state()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database: this session's PostgreSQL database, then a SQLite file."""
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("pg_url")
+        _clean_pg(url)
+        return url
+    from jobs.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'facejobs.db'}"
+    upgrade(url)
+    return url

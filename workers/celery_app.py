@@ -35,7 +35,7 @@ def _node(sender: Any) -> str:
 
 
 def _device_name() -> str:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = get_settings().cuda_visible_devices
     return f"cuda (CUDA_VISIBLE_DEVICES={visible})" if visible not in (None, "", "-1") else "cpu"
 
 
@@ -61,7 +61,7 @@ def _register_worker(sender: Any = None, **_: Any) -> None:
     beat = WorkerHeartbeat(node, settings.heartbeat_seconds)
     beat.start()
     _main_threads.append(beat)
-    if os.environ.get("FACEJOBS_NO_REAPER") != "1":
+    if settings.run_reaper:
         reaper = ReaperThread(settings)
         reaper.start()
         _main_threads.append(reaper)

@@ -1,0 +1,117 @@
+"""The job lifecycle's compare-and-swap helpers, on PostgreSQL and on SQLite."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from jobs.db import session_scope
+from jobs.models import Job
+from jobs.states import (
+    JobStatus,
+    TransitionError,
+    check_transition,
+    claim,
+    finish,
+    reap_expired,
+    renew_lease,
+    request_cancel,
+    requeue,
+    retry,
+    utcnow,
+)
+from tests.platform.factories import make_job, make_key
+
+
+def _new_job(url: str, **values: object) -> str:
+    with session_scope(url) as s:
+        return make_job(s, make_key(s), **values).id
+
+
+def test_claim_is_exclusive_and_counts_attempts(db_url: str) -> None:
+    job_id = _new_job(db_url)
+    with session_scope(db_url) as s:
+        assert claim(s, job_id, "w1/1", 60) == 1
+    with session_scope(db_url) as s:
+        assert claim(s, job_id, "w2/2", 60) is None  # a duplicate message loses
+        job = s.get(Job, job_id)
+        assert (job.status, job.attempt, job.lease_owner) == (JobStatus.RUNNING, 1, "w1/1")
+
+
+def test_writes_are_fenced_by_attempt_and_owner(db_url: str) -> None:
+    job_id = _new_job(db_url)
+    with session_scope(db_url) as s:
+        claim(s, job_id, "w1/1", 60)
+    with session_scope(db_url) as s:
+        assert renew_lease(s, job_id, 1, "w2/2", 60) == (False, False)
+        assert renew_lease(s, job_id, 2, "w1/1", 60) == (False, False)
+        assert renew_lease(s, job_id, 1, "w1/1", 60, progress_step=5) == (True, False)
+    with session_scope(db_url) as s:
+        assert not finish(s, job_id, 1, "w2/2", JobStatus.SUCCEEDED)
+        assert finish(s, job_id, 1, "w1/1", JobStatus.SUCCEEDED, result={"x": 1})
+        job = s.get(Job, job_id)
+        assert (job.status, job.progress_step, job.result, job.lease_owner) == (
+            JobStatus.SUCCEEDED,
+            5,
+            {"x": 1},
+            None,
+        )
+
+
+def test_cancel_queued_is_immediate_and_running_is_flagged(db_url: str) -> None:
+    queued, running = _new_job(db_url), _new_job(db_url)
+    with session_scope(db_url) as s:
+        claim(s, running, "w/1", 60)
+    with session_scope(db_url) as s:
+        assert request_cancel(s, queued) == JobStatus.CANCELLED
+        assert request_cancel(s, running) == JobStatus.RUNNING
+        assert request_cancel(s, "0" * 32) is None
+    with session_scope(db_url) as s:
+        assert claim(s, queued, "w/1", 60) is None  # a cancelled job never starts
+        assert renew_lease(s, running, 1, "w/1", 60) == (True, True)
+
+
+def test_reaper_requeues_expired_leases_then_fails_after_max_attempts(db_url: str) -> None:
+    job_id = _new_job(db_url, max_attempts=2)
+    later = utcnow() + timedelta(seconds=120)
+    for attempt in (1, 2):
+        with session_scope(db_url) as s:
+            assert claim(s, job_id, f"w{attempt}/1", 60) == attempt
+        with session_scope(db_url) as s:
+            assert reap_expired(s, utcnow()) == ([], [])  # lease still valid
+            requeued, failed = reap_expired(s, later)
+        expected = ([job_id], []) if attempt == 1 else ([], [job_id])
+        assert (requeued, failed) == expected
+    with session_scope(db_url) as s:
+        job = s.get(Job, job_id)
+        assert (job.status, job.attempt, job.reaped) == (JobStatus.FAILED, 2, 2)
+        assert "2 attempts are spent" in job.error
+
+
+def test_preemption_does_not_use_up_attempts_and_retry_resets_budget(db_url: str) -> None:
+    job_id = _new_job(db_url, max_attempts=1)
+    with session_scope(db_url) as s:
+        claim(s, job_id, "w/1", 60)
+    with session_scope(db_url) as s:
+        assert requeue(s, job_id, 1, "w/1", preempted=True)
+    with session_scope(db_url) as s:
+        assert claim(s, job_id, "w/1", 60) == 2
+    with session_scope(db_url) as s:
+        assert reap_expired(s, utcnow() + timedelta(seconds=120)) == ([], [job_id])
+    with session_scope(db_url) as s:
+        assert retry(s, job_id)
+        assert not retry(s, job_id)  # already queued
+    with session_scope(db_url) as s:
+        job = s.get(Job, job_id)
+        assert (job.status, job.attempt_base, job.preemptions, job.error) == (JobStatus.QUEUED, 1, 1, None)
+        assert claim(s, job_id, "w/1", 60) == 3
+    with session_scope(db_url) as s:
+        # attempt 3 is the first of the new budget: the reaper requeue would exceed max_attempts=1
+        assert reap_expired(s, utcnow() + timedelta(seconds=120)) == ([], [job_id])
+
+
+def test_transition_table_refuses_leaving_succeeded() -> None:
+    check_transition(JobStatus.RUNNING, JobStatus.QUEUED)
+    with pytest.raises(TransitionError, match="from succeeded to queued"):
+        check_transition(JobStatus.SUCCEEDED, JobStatus.QUEUED)

@@ -1,0 +1,120 @@
+"""A job's whole path with real processes: API -> broker -> Celery worker -> database and store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from tests.services import Stack
+
+FAST_LEASES = {
+    "FACEJOBS_LEASE_SECONDS": "3",
+    "FACEJOBS_HEARTBEAT_SECONDS": "0.5",
+    "FACEJOBS_REAPER_INTERVAL_SECONDS": "1",
+    "FACEJOBS_PROGRESS_MIN_INTERVAL_SECONDS": "0.2",
+}
+
+
+def submit(stack: Stack, params: dict[str, object], kind: str = "probe") -> str:
+    resp = stack.client.post("/jobs", json={"kind": kind, "params": params})
+    assert resp.status_code == 201, resp.text
+    return str(resp.json()["id"])
+
+
+def wait_for(stack: Stack, job_id: str, predicate: object, timeout: float = 60.0) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    job: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        job = stack.client.get(f"/jobs/{job_id}").json()
+        if predicate(job):  # type: ignore[operator]
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"condition not reached for job {job_id}: {job}")
+
+
+def test_probe_runs_end_to_end(stack: Stack) -> None:
+    job_id = submit(stack, {"matmul_size": 128, "matmul_repeats": 2})
+    stack.start_worker()
+    job = stack.wait_job(job_id)
+    assert job["status"] == "succeeded", job
+    result = job["result"]
+    assert result["torch"] == torch.__version__
+    assert result["device"] == "cpu"
+    assert result["matmul_size"] == 128
+    assert result["gflops"] > 0.1
+    assert (job["attempt"], job["progress"]) == (1, 1.0)
+    arts = stack.client.get(f"/jobs/{job_id}/artifacts").json()
+    assert [a["name"] for a in arts] == ["probe.json"]
+    body = stack.client.get(f"/jobs/{job_id}/artifacts/probe.json", follow_redirects=True)
+    assert json.loads(body.content) == result
+    workers = stack.client.get("/workers").json()
+    assert len(workers) == 1 and workers[0]["queues"] == "cpu,gpu" and not workers[0]["stale"]
+
+
+def test_failing_job_records_error_and_is_not_retried(stack: Stack) -> None:
+    job_id = submit(stack, {"fail_with": "synthetic failure 42"})
+    stack.start_worker()
+    job = stack.wait_job(job_id)
+    assert (job["status"], job["attempt"]) == ("failed", 1)
+    assert job["error"].startswith("RuntimeError: synthetic failure 42")
+    assert "Traceback" in job["error"] and "run_probe" in job["error"]
+    events = stack.client.get(f"/jobs/{job_id}/events").json()
+    assert [e["type"] for e in events if e["type"] in ("status", "error")][-1] == "error"
+
+
+def test_cancel_running_job_keeps_its_checkpoint(stack: Stack) -> None:
+    job_id = submit(stack, {"matmul_size": 64, "duration_seconds": 120})
+    stack.start_worker(extra_env=FAST_LEASES)
+    wait_for(stack, job_id, lambda j: (j.get("checkpoint_step") or 0) >= 2)
+    assert stack.client.post(f"/jobs/{job_id}/cancel").status_code == 200
+    t0 = time.monotonic()
+    job = stack.wait_job(job_id, timeout=15)
+    assert job["status"] == "cancelled"
+    assert time.monotonic() - t0 < 5
+    assert job["checkpoint_step"] >= 2
+    with stack.session() as s:
+        from jobs.models import Job
+
+        key = s.get(Job, job_id).checkpoint_key
+    assert stack.store.exists(key)
+
+
+@pytest.mark.fault
+def test_sigterm_checkpoints_requeues_and_another_worker_resumes(services_stack: Stack) -> None:
+    stack = services_stack
+    job_id = submit(stack, {"matmul_size": 64, "duration_seconds": 6})
+    first = stack.start_worker(name="first", extra_env=FAST_LEASES)
+    wait_for(stack, job_id, lambda j: (j.get("checkpoint_step") or 0) >= 2)
+    os.kill(first.pid, signal.SIGTERM)
+    first.wait(30)
+    job = wait_for(stack, job_id, lambda j: j["status"] == "queued", timeout=5)
+    assert (job["attempt"], job["preemptions"]) == (1, 1)
+    stopped_at = job["checkpoint_step"]
+    stack.start_worker(name="second", extra_env=FAST_LEASES)
+    job = stack.wait_job(job_id)
+    assert (job["status"], job["attempt"], job["preemptions"]) == ("succeeded", 2, 1)
+    assert job["result"]["seconds_run"] == 6
+    logs = [e["message"] for e in stack.client.get(f"/jobs/{job_id}/events").json() if e["type"] == "log"]
+    assert f"resumed from checkpoint at step {stopped_at}" in logs
+
+
+@pytest.mark.fault
+def test_sigkill_is_recovered_by_the_reaper_from_the_last_checkpoint(services_stack: Stack) -> None:
+    stack = services_stack
+    job_id = submit(stack, {"matmul_size": 64, "duration_seconds": 6})
+    victim = stack.start_worker(name="victim", extra_env=FAST_LEASES)
+    wait_for(stack, job_id, lambda j: (j.get("checkpoint_step") or 0) >= 2)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait(10)
+    stack.start_worker(name="rescuer", extra_env=FAST_LEASES)
+    job = stack.wait_job(job_id, timeout=60)
+    assert (job["status"], job["attempt"], job["preemptions"]) == ("succeeded", 2, 0)
+    arts = stack.client.get(f"/jobs/{job_id}/artifacts").json()
+    assert [a["name"] for a in arts] == ["probe.json"]
+    events = stack.client.get(f"/jobs/{job_id}/events").json()
+    assert any(e["message"] == "requeued by the reaper: lease expired" for e in events)
