@@ -47,8 +47,7 @@ def reap_once(settings: Settings | None = None) -> ReapReport:
         unsent = s.execute(
             select(Job.id, Job.kind, Job.queue).where(
                 Job.status == JobStatus.QUEUED,
-                Job.enqueued_at.is_(None) | Job.id.in_(report.requeued),
-                Job.created_at < cutoff,
+                (Job.enqueued_at.is_(None) & (Job.created_at < cutoff)) | Job.id.in_(report.requeued),
             )
         ).all()
     for job_id, kind, queue in unsent:

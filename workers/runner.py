@@ -105,17 +105,16 @@ def execute(
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         params = validate_params(job.kind, job.params)
-        ctx = JobContext(
-            job, attempt, owner, params, settings, get_store(settings),
-            device if device is not None else default_device(), workdir, drain_event,
-        )  # fmt: skip
     except Exception as exc:
         return _fail(db, job_id, attempt, owner, exc)
-
+    ctx = JobContext(job, attempt, owner, params, settings, get_store(settings), device, workdir, drain_event)
+    # The lease is renewed from here on: importing torch and loading models can take a while.
     beat = Heartbeat(ctx, node, settings.heartbeat_seconds)
     _set_current(db, node, job_id)
     beat.start()
     try:
+        if ctx.device is None:
+            ctx.device = default_device()
         result = load_runner(spec)(ctx)
     except Preempted:
         return _stopped(ctx, db, spec.name)

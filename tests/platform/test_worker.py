@@ -7,13 +7,14 @@ import os
 import signal
 import time
 
+import httpx
 import pytest
 import torch
 
 from tests.services import Stack
 
 FAST_LEASES = {
-    "FACEJOBS_LEASE_SECONDS": "3",
+    "FACEJOBS_LEASE_SECONDS": "5",
     "FACEJOBS_HEARTBEAT_SECONDS": "0.5",
     "FACEJOBS_REAPER_INTERVAL_SECONDS": "1",
     "FACEJOBS_PROGRESS_MIN_INTERVAL_SECONDS": "0.2",
@@ -24,6 +25,16 @@ def submit(stack: Stack, params: dict[str, object], kind: str = "probe") -> str:
     resp = stack.client.post("/jobs", json={"kind": kind, "params": params})
     assert resp.status_code == 201, resp.text
     return str(resp.json()["id"])
+
+
+def download(stack: Stack, path: str) -> bytes:
+    """An artifact's bytes: streamed by the API (local store) or from the presigned S3 URL it redirects to."""
+    resp = stack.client.get(path, follow_redirects=False)
+    if stack.name == "services":
+        assert resp.status_code == 307, resp.text
+        resp = httpx.get(resp.headers["location"])
+    assert resp.status_code == 200, resp.text
+    return resp.content
 
 
 def wait_for(stack: Stack, job_id: str, predicate: object, timeout: float = 60.0) -> dict[str, object]:
@@ -50,8 +61,7 @@ def test_probe_runs_end_to_end(stack: Stack) -> None:
     assert (job["attempt"], job["progress"]) == (1, 1.0)
     arts = stack.client.get(f"/jobs/{job_id}/artifacts").json()
     assert [a["name"] for a in arts] == ["probe.json"]
-    body = stack.client.get(f"/jobs/{job_id}/artifacts/probe.json", follow_redirects=True)
-    assert json.loads(body.content) == result
+    assert json.loads(download(stack, f"/jobs/{job_id}/artifacts/probe.json")) == result
     workers = stack.client.get("/workers").json()
     assert len(workers) == 1 and workers[0]["queues"] == "cpu,gpu" and not workers[0]["stale"]
 
@@ -63,7 +73,7 @@ def test_failing_job_records_error_and_is_not_retried(stack: Stack) -> None:
     assert (job["status"], job["attempt"]) == ("failed", 1)
     assert job["error"].startswith("RuntimeError: synthetic failure 42")
     assert "Traceback" in job["error"] and "run_probe" in job["error"]
-    events = stack.client.get(f"/jobs/{job_id}/events").json()
+    events = stack.client.get(f"/jobs/{job_id}/events").json()["data"]
     assert [e["type"] for e in events if e["type"] in ("status", "error")][-1] == "error"
 
 
@@ -99,7 +109,7 @@ def test_sigterm_checkpoints_requeues_and_another_worker_resumes(services_stack:
     job = stack.wait_job(job_id)
     assert (job["status"], job["attempt"], job["preemptions"]) == ("succeeded", 2, 1)
     assert job["result"]["seconds_run"] == 6
-    logs = [e["message"] for e in stack.client.get(f"/jobs/{job_id}/events").json() if e["type"] == "log"]
+    logs = [e["message"] for e in stack.client.get(f"/jobs/{job_id}/events").json()["data"] if e["type"] == "log"]
     assert f"resumed from checkpoint at step {stopped_at}" in logs
 
 
@@ -116,5 +126,5 @@ def test_sigkill_is_recovered_by_the_reaper_from_the_last_checkpoint(services_st
     assert (job["status"], job["attempt"], job["preemptions"]) == ("succeeded", 2, 0)
     arts = stack.client.get(f"/jobs/{job_id}/artifacts").json()
     assert [a["name"] for a in arts] == ["probe.json"]
-    events = stack.client.get(f"/jobs/{job_id}/events").json()
+    events = stack.client.get(f"/jobs/{job_id}/events").json()["data"]
     assert any(e["message"] == "requeued by the reaper: lease expired" for e in events)
