@@ -24,7 +24,7 @@ KEY_RE = re.compile(r"^fj_([0-9a-f]{8})_([0-9a-f]{32})$")
 MAX_NAME_LENGTH = 200
 
 
-class InvalidKeyName(ValueError):  # noqa: N818 - reads as the condition
+class InvalidKeyName(ValueError):
     """A key name that is empty or too long."""
 
 

@@ -235,8 +235,15 @@ class S3Store:
             return
 
         def make() -> None:
+            from minio.error import S3Error
+
             if not self.client.bucket_exists(self.bucket):
-                self.client.make_bucket(self.bucket)
+                try:
+                    self.client.make_bucket(self.bucket)
+                except S3Error as exc:
+                    # Another thread (parallel uploads) or process created it between check and create.
+                    if exc.code != "BucketAlreadyOwnedByYou":
+                        raise
 
         self._retry(f"create bucket {self.bucket}", make)
         self._bucket_ready = True

@@ -1,0 +1,175 @@
+"""Turning a received upload into stored objects plus one row, all or nothing.
+
+Objects are written first and the row is committed last, so a row always points at complete
+objects; if any write or the commit fails, every object written for this upload is deleted and the
+caller gets 503 (the store or database is the one at fault, not the upload).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import zipfile
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from api.archives import extract_dataset
+from api.errors import ApiError
+from api.schemas import DatasetCreated, DatasetPublic
+from api.uploads import ReceivedFile, safe_filename
+from jobs.errors import TransientError
+from jobs.models import ApiKey, Dataset, Model, new_id
+from jobs.settings import Settings
+from jobs.states import utcnow
+from jobs.store import Store, StoredObject, join_key
+
+log = logging.getLogger(__name__)
+PUT_THREADS = 8
+MODEL_KINDS = ("generator", "facenet", "backbone")
+TORCHSCRIPT_CONSTANTS = re.compile(r"^[^/]+/constants\.pkl$")
+TORCHSCRIPT_CODE = re.compile(r"^[^/]+/code/")
+TORCHSCRIPT_DATA = re.compile(r"^[^/]+/data\.pkl$")
+
+
+class StoreUnavailable(ApiError):
+    def __init__(self, what: str) -> None:
+        super().__init__(503, "store_unavailable", f"could not store the {what}; nothing was kept, try again")
+
+
+def clean_name(raw: str | None, default: str) -> str:
+    """A display name: control characters removed, 1..200 characters, else `invalid_name` (422)."""
+    name = "".join(c for c in (raw or "") if c.isprintable()).strip() or default
+    if len(name) > 200:
+        raise ApiError(422, "invalid_name", "a name is at most 200 characters")
+    return name
+
+
+def delete_quietly(store: Store, keys: Iterable[str]) -> None:
+    for key in keys:
+        try:
+            store.delete(key)
+        except Exception:
+            log.exception("could not delete %s while undoing a failed upload", key)
+
+
+def put_all(store: Store, items: list[tuple[str, Path, str]], what: str) -> list[StoredObject]:
+    """Write every (key, file, content type); on any failure delete them all and raise `StoreUnavailable`."""
+    try:
+        with ThreadPoolExecutor(max_workers=PUT_THREADS) as pool:
+            return list(pool.map(lambda item: store.put_file(*item), items))
+    except Exception as exc:
+        if not isinstance(exc, TransientError | OSError):
+            log.exception("storing the %s failed", what)
+        else:
+            log.warning("storing the %s failed: %s", what, exc)
+        delete_quietly(store, (key for key, _, _ in items))
+        raise StoreUnavailable(what) from None
+
+
+def commit_or_undo(session: Session, store: Store, keys: list[str]) -> None:
+    """Commit; if the database refuses, delete the objects just written and re-raise (503 handler)."""
+    try:
+        session.commit()
+    except SQLAlchemyError:
+        session.rollback()
+        delete_quietly(store, keys)
+        raise
+
+
+def ingest_dataset(
+    session: Session, store: Store, settings: Settings, key: ApiKey, upload: ReceivedFile, name: str, workdir: Path
+) -> DatasetCreated:
+    """Validate the archive, store its images under `datasets/{id}/` and create the Dataset row."""
+    content = extract_dataset(upload.path, upload.filename, workdir / "extracted", settings)
+    ds_id = new_id()
+    prefix = f"datasets/{ds_id}"
+    items = [(join_key(prefix, img.rel), img.path, img.content_type) for img in content.images]
+    put_all(store, items, "dataset")
+    keys = [k for k, _, _ in items]
+    ds = Dataset(
+        id=ds_id,
+        owner_id=key.id,
+        name=name,
+        key_prefix=prefix,
+        num_files=len(content.images),
+        num_identities=content.num_identities,
+        size_bytes=content.size_bytes,
+        layout=content.layout,
+        files={"keys": [img.rel for img in content.images]},
+        created_at=utcnow(),
+    )
+    session.add(ds)
+    commit_or_undo(session, store, keys)
+    public = DatasetPublic.model_validate(ds)
+    return DatasetCreated(**public.model_dump(exclude={"ref"}), skipped=content.skipped)
+
+
+def is_torchscript(path: Path) -> bool:
+    """Whether `path` is a TorchScript archive (checked from the zip's names only; torch is not imported)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    if any(TORCHSCRIPT_CONSTANTS.match(n) for n in names):
+        return True
+    return any(TORCHSCRIPT_CODE.match(n) for n in names) and any(TORCHSCRIPT_DATA.match(n) for n in names)
+
+
+def parse_meta(raw: str | None) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ApiError(422, "invalid_meta", f"meta must be a JSON object: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ApiError(422, "invalid_meta", "meta must be a JSON object")
+    return meta
+
+
+def ingest_model(session: Session, store: Store, key: ApiKey, upload: ReceivedFile, fields: dict[str, str]) -> Model:
+    """Check the model file, store it under `models/{id}/{filename}` and create the Model row."""
+    kind = fields.get("kind", "")
+    if kind not in MODEL_KINDS:
+        raise ApiError(
+            422,
+            "invalid_model_kind",
+            f"kind must be one of {', '.join(MODEL_KINDS)}, got {kind!r}",
+            {"allowed": list(MODEL_KINDS)},
+        )
+    meta = parse_meta(fields.get("meta"))
+    filename = safe_filename(upload.filename, default="model.bin")
+    name = clean_name(fields.get("name"), Path(filename).stem or "model")
+    if kind == "generator" and not is_torchscript(upload.path):
+        raise ApiError(
+            400,
+            "not_torchscript",
+            "not a TorchScript archive: save the generator with torch.jit.save(torch.jit.script(model), path)",
+        )
+    model_id = new_id()
+    object_key = join_key(f"models/{model_id}", filename)
+    (stored,) = put_all(store, [(object_key, upload.path, "application/octet-stream")], "model")
+    model = Model(
+        id=model_id,
+        owner_id=key.id,
+        name=name,
+        kind=kind,
+        key=object_key,
+        filename=filename,
+        size=stored.size,
+        sha256=stored.sha256,
+        meta=meta,
+        created_at=utcnow(),
+    )
+    session.add(model)
+    commit_or_undo(session, store, [object_key])
+    return model

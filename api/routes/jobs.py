@@ -1,0 +1,188 @@
+"""Jobs: submit, list, read, cancel, retry, and their events."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Header, Query, Response, status
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.deps import CeleryDep, CurrentKey, JobDep, SessionDep, SettingsDep
+from api.errors import ApiError, Conflict
+from api.pagination import check_limit, keyset, page
+from api.routes import keyed_router
+from api.schemas import ErrorBody, EventPublic, EventsPage, JobCreate, JobPublic, JobsPage
+from jobs.broker import enqueue
+from jobs.kinds import get_kind, validate_params
+from jobs.models import ApiKey, Job, JobEvent, new_id
+from jobs.states import JobStatus, request_cancel, retry, utcnow
+
+log = logging.getLogger(__name__)
+router = keyed_router("/jobs", "jobs")
+
+
+def send(session: Session, celery: Celery, job: Job) -> bool:
+    """Send the job's broker message and record when; False (job left for the reaper) if the broker is down."""
+    try:
+        enqueue(job.id, job.kind, job.queue, job.priority, app=celery)
+    except Exception as exc:
+        # The row is committed as queued with enqueued_at NULL: the reaper re-sends it later.
+        log.warning("could not send job %s to the broker (the reaper will re-send it): %s", job.id, exc)
+        job.enqueued_at = None
+        session.commit()
+        return False
+    job.enqueued_at = utcnow()
+    session.commit()
+    return True
+
+
+def _by_idempotency_key(session: Session, key: ApiKey, idem: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.owner_id == key.id, Job.idempotency_key == idem))
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobPublic,
+    responses={200: {"model": JobPublic, "description": "The job of this Idempotency-Key."}, 413: {"model": ErrorBody}},
+)
+def create_job(
+    body: JobCreate,
+    key: CurrentKey,
+    session: SessionDep,
+    settings: SettingsDep,
+    celery: CeleryDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+) -> Job:
+    """Submit a job: validate its params, store it as queued and send it to its queue."""
+    if idempotency_key is not None:
+        existing = _by_idempotency_key(session, key, idempotency_key)
+        if existing is not None:
+            response.status_code = status.HTTP_200_OK
+            return existing
+    spec = get_kind(body.kind)
+    params = validate_params(body.kind, body.params).model_dump(mode="json")
+    if len(json.dumps(params)) > settings.max_params_bytes:
+        raise ApiError(
+            413,
+            "params_too_large",
+            f"params are over {settings.max_params_bytes} bytes as JSON",
+            {"limit_bytes": settings.max_params_bytes},
+        )
+    now = utcnow()
+    job = Job(
+        id=new_id(),
+        kind=spec.name,
+        params=params,
+        status=JobStatus.QUEUED,
+        priority=body.priority,
+        queue=body.queue or spec.queue,
+        owner_id=key.id,
+        idempotency_key=idempotency_key,
+        max_attempts=body.max_attempts or settings.default_max_attempts,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        session.add(job)
+        session.flush()  # the job row first: the event references it
+        session.add(JobEvent(job_id=job.id, type="status", message="queued", created_at=now))
+        session.commit()
+    except IntegrityError:
+        # Two requests with the same Idempotency-Key raced; the other one created the job.
+        session.rollback()
+        existing = _by_idempotency_key(session, key, idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        response.status_code = status.HTTP_200_OK
+        return existing
+    send(session, celery, job)
+    return job
+
+
+@router.get("", response_model=JobsPage)
+def list_jobs(
+    key: CurrentKey,
+    session: SessionDep,
+    settings: SettingsDep,
+    status_: Annotated[JobStatus | None, Query(alias="status")] = None,
+    kind: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int, Query(ge=1)] = 50,
+) -> JobsPage:
+    """List the caller's jobs, newest first, one page at a time."""
+    check_limit(limit, settings.page_size_max)
+    stmt = select(Job).where(Job.owner_id == key.id)
+    if status_ is not None:
+        stmt = stmt.where(Job.status == status_)
+    if kind is not None:
+        stmt = stmt.where(Job.kind == kind)
+    rows = session.scalars(keyset(stmt, Job.created_at, Job.id, cursor, limit)).all()
+    data, next_cursor = page(rows, limit)
+    return JobsPage(data=[JobPublic.model_validate(j) for j in data], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def read_job(job: JobDep) -> Job:
+    """One job: status, progress, metrics, result or error."""
+    return job
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses={409: {"model": ErrorBody}})
+def cancel_job(job: JobDep, session: SessionDep) -> Job:
+    """Cancel a job: a queued one at once, a running one at its next check (within seconds)."""
+    if job.status.terminal:
+        raise Conflict(f"job {job.id} is already {job.status.value}", {"status": job.status.value})
+    after = request_cancel(session, job.id)
+    if after in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        session.rollback()
+        raise Conflict(f"job {job.id} is already {after.value}", {"status": after.value})
+    message = "cancelled before it started" if after == JobStatus.CANCELLED else "cancel requested"
+    session.add(JobEvent(job_id=job.id, attempt=job.attempt, type="status", message=message))
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+@router.post("/{job_id}/retry", response_model=JobPublic, responses={409: {"model": ErrorBody}})
+def retry_job(job: JobDep, session: SessionDep, celery: CeleryDep) -> Job:
+    """Queue a failed or cancelled job again, with a fresh error budget; it resumes from its checkpoint."""
+    if not retry(session, job.id):
+        session.rollback()
+        session.refresh(job)
+        raise Conflict(
+            f"only failed or cancelled jobs can be retried; job {job.id} is {job.status.value}",
+            {"status": job.status.value},
+        )
+    session.add(JobEvent(job_id=job.id, attempt=job.attempt, type="status", message="queued again (retry)"))
+    session.commit()
+    session.refresh(job)
+    send(session, celery, job)
+    return job
+
+
+@router.get("/{job_id}/events", response_model=EventsPage)
+def list_job_events(
+    job: JobDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    after: Annotated[int | None, Query(ge=0, description="Only events with a larger id.")] = None,
+    type_: Annotated[str | None, Query(alias="type", max_length=16)] = None,
+    limit: Annotated[int, Query(ge=1)] = 100,
+) -> EventsPage:
+    """A job's events (logs, status changes, errors), oldest first."""
+    check_limit(limit, settings.page_size_max)
+    stmt = select(JobEvent).where(JobEvent.job_id == job.id)
+    if after is not None:
+        stmt = stmt.where(JobEvent.id > after)
+    if type_ is not None:
+        stmt = stmt.where(JobEvent.type == type_)
+    rows = session.scalars(stmt.order_by(JobEvent.id).limit(limit)).all()
+    data = [EventPublic.model_validate(e) for e in rows]
+    return EventsPage(data=data, next_after=data[-1].id if data else after)

@@ -1,0 +1,218 @@
+"""Request and response models, one family per resource and direction (Create, Public, Page)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field
+
+from jobs.states import JobStatus
+
+Queue = Literal["gpu", "cpu"]
+ModelKind = Literal["generator", "facenet", "backbone"]
+
+
+def _as_utc(value: datetime) -> datetime:
+    # The database holds naive UTC; callers get an explicit offset ("Z") so browsers parse it right.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. `invalid_params`, `not_found`.")
+    message: str
+    details: Any = None
+
+
+class ErrorBody(BaseModel):
+    """Every error response has this shape."""
+
+    error: ErrorDetail
+
+
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing, unknown or revoked API key."},
+    404: {"model": ErrorBody, "description": "No such resource for this key."},
+    422: {"model": ErrorBody, "description": "Invalid request."},
+}
+
+
+# ---- jobs -------------------------------------------------------------------------------------
+class JobCreate(BaseModel):
+    """A job to run: its kind and params (validated by the kind's params model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(min_length=1, max_length=64, description="A kind from `GET /kinds`.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The kind's params (see its schema).")
+    queue: Queue | None = Field(None, description="Override the kind's default queue.")
+    priority: int = Field(0, ge=0, le=9, description="Broker priority 0..9 (Redis serves 0 first).")
+    max_attempts: int | None = Field(
+        None, ge=1, le=100, description="Attempts before the job fails (preemptions do not count)."
+    )
+
+
+class JobPublic(BaseModel):
+    """A job as its owner sees it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    kind: str
+    params: dict[str, Any]
+    status: JobStatus
+    queue: str
+    priority: int
+    attempt: int
+    max_attempts: int
+    preemptions: int
+    progress: float = Field(description="0..1 (1 once succeeded).")
+    progress_step: int
+    progress_total: int
+    metrics: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    checkpoint_step: int | None
+    cancel_requested: bool
+    lease_owner: str | None
+    created_at: UtcDatetime
+    enqueued_at: UtcDatetime | None
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    updated_at: UtcDatetime
+
+
+class JobsPage(BaseModel):
+    """One page of jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
+
+    data: list[JobPublic]
+    next_cursor: str | None
+
+
+class EventPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    attempt: int
+    type: str = Field(description="log | status | progress | error")
+    message: str
+    data: dict[str, Any] | None
+    created_at: UtcDatetime
+
+
+class EventsPage(BaseModel):
+    """Events oldest first; poll again with `after=next_after` to get only newer ones."""
+
+    data: list[EventPublic]
+    next_after: int | None
+
+
+class ArtifactPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    size: int
+    sha256: str
+    content_type: str
+    created_at: UtcDatetime
+
+
+# ---- kinds ------------------------------------------------------------------------------------
+class KindPublic(BaseModel):
+    """A job kind; the dashboard builds its form from `params_schema`."""
+
+    name: str
+    description: str
+    queue: Queue
+    params_schema: dict[str, Any] = Field(description="JSON schema of the kind's params.")
+
+
+# ---- datasets ---------------------------------------------------------------------------------
+class DatasetPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    layout: Literal["identities", "flat"]
+    num_files: int
+    num_identities: int
+    size_bytes: int
+    created_at: UtcDatetime
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def ref(self) -> str:
+        """What a job's params use to name this dataset."""
+        return f"dataset:{self.id}"
+
+
+class DatasetCreated(DatasetPublic):
+    """A stored upload, with the archive members that were not images (skipped, not stored)."""
+
+    skipped: list[str] = Field(default_factory=list)
+
+
+class DatasetsPage(BaseModel):
+    data: list[DatasetPublic]
+    next_cursor: str | None
+
+
+# ---- models -----------------------------------------------------------------------------------
+class ModelPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    kind: ModelKind
+    filename: str
+    size: int
+    sha256: str
+    meta: dict[str, Any]
+    created_at: UtcDatetime
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def ref(self) -> str:
+        """What a job's params use to name this model."""
+        return f"model:{self.id}"
+
+
+class ModelsPage(BaseModel):
+    data: list[ModelPublic]
+    next_cursor: str | None
+
+
+# ---- workers and health -----------------------------------------------------------------------
+class WorkerPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    hostname: str
+    pid: int
+    queues: str
+    device: str
+    current_job_id: str | None
+    draining: bool
+    started_at: UtcDatetime
+    last_heartbeat: UtcDatetime
+    stale: bool = Field(description="No heartbeat for longer than the configured worker_stale_seconds.")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class ComponentStatus(BaseModel):
+    ok: bool
+    error: str | None = None
+    seconds: float = Field(description="How long the check took.")
+
+
+class Readiness(BaseModel):
+    """Each dependency checked on its own; `status` is ok only when all are."""
+
+    status: Literal["ok", "unavailable"]
+    components: dict[str, ComponentStatus]

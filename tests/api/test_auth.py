@@ -1,0 +1,171 @@
+"""Authentication on every route, key isolation (404 for another key's things), key lifecycle."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from jobs.keys import KEY_RE, create_key, hash_key, lookup_key, revoke_key
+from jobs.models import ApiKey
+from jobs.states import JobStatus
+from tests.api.factories import add_job, client_for, key_id, make_zip, upload
+
+PUBLIC = {"/healthz", "/readyz", "/metrics"}
+PRIVATE_ROUTES = {
+    ("GET", "/jobs"),
+    ("POST", "/jobs"),
+    ("GET", "/jobs/{job_id}"),
+    ("POST", "/jobs/{job_id}/cancel"),
+    ("POST", "/jobs/{job_id}/retry"),
+    ("GET", "/jobs/{job_id}/events"),
+    ("GET", "/jobs/{job_id}/artifacts"),
+    ("GET", "/jobs/{job_id}/artifacts/{name}"),
+    ("GET", "/kinds"),
+    ("GET", "/datasets"),
+    ("POST", "/datasets"),
+    ("GET", "/datasets/{dataset_id}"),
+    ("GET", "/models"),
+    ("POST", "/models"),
+    ("GET", "/models/{model_id}"),
+    ("GET", "/workers"),
+}
+
+
+def api_routes(client: TestClient) -> set[tuple[str, str]]:
+    """Every (method, path) the app documents."""
+    paths = client.app.openapi()["paths"]  # type: ignore[attr-defined]
+    return {(m.upper(), p) for p, ops in paths.items() for m in ops}
+
+
+@pytest.mark.security
+def test_every_route_but_health_needs_a_valid_key(stack: Any) -> None:
+    routes = api_routes(stack.client)
+    assert {p for _, p in routes} - {p for _, p in PRIVATE_ROUTES} == PUBLIC
+    assert routes - {(m, p) for m, p in routes if p in PUBLIC} == PRIVATE_ROUTES
+
+    with stack.session() as s:
+        row, revoked = create_key(s, "revoked")
+    with stack.session() as s:
+        assert revoke_key(s, row.id) is True
+        assert revoke_key(s, row.id) is False
+    anonymous = TestClient(stack.app)
+    bad_keys = [None, "", "nonsense", "fj_00000000_" + "0" * 32, stack.key + "x", revoked]
+    for method, path in sorted(PRIVATE_ROUTES):
+        url = path.replace("{job_id}", "0" * 32).replace("{dataset_id}", "0" * 32)
+        url = url.replace("{model_id}", "0" * 32).replace("{name}", "a.txt")
+        for key in bad_keys:
+            headers = {} if key is None else {"X-API-Key": key}
+            r = anonymous.request(method, url, headers=headers)
+            assert r.status_code == 401, (method, url, key, r.text)
+            assert r.json()["error"]["code"] == "unauthorized"
+            assert r.headers["www-authenticate"] == "ApiKey"
+    for path in sorted(PUBLIC):
+        assert anonymous.get(path).status_code == 200, path
+    assert anonymous.get("/openapi.json").status_code == 200
+    assert anonymous.get("/docs").status_code == 200
+
+
+@pytest.mark.security
+def test_another_keys_things_read_as_unknown(stack: Any, orl_dir: Any) -> None:
+    owner = key_id(stack)
+    job_id = add_job(stack, owner, status=JobStatus.FAILED)
+    ds = upload(stack.client, "/datasets", "faces.zip", make_zip({"a.pgm": (orl_dir / "s1" / "1.pgm").read_bytes()}))
+    model = upload(stack.client, "/models", "w.pt", b"weights", kind="facenet")
+    assert (ds.status_code, model.status_code) == (201, 201)
+    ds_id, model_id = ds.json()["id"], model.json()["id"]
+
+    for method, url in [
+        ("GET", f"/jobs/{job_id}"),
+        ("POST", f"/jobs/{job_id}/cancel"),
+        ("POST", f"/jobs/{job_id}/retry"),
+        ("GET", f"/jobs/{job_id}/events"),
+        ("GET", f"/jobs/{job_id}/artifacts"),
+        ("GET", f"/jobs/{job_id}/artifacts/x.json"),
+        ("GET", f"/datasets/{ds_id}"),
+        ("GET", f"/models/{model_id}"),
+    ]:
+        theirs = stack.other.request(method, url)
+        unknown = stack.other.request(
+            method, url.replace(job_id, "f" * 32).replace(ds_id, "f" * 32).replace(model_id, "f" * 32)
+        )
+        assert theirs.status_code == unknown.status_code == 404, (method, url)
+        assert theirs.json()["error"]["code"] == "not_found"
+    for route in ("/jobs", "/datasets", "/models"):
+        assert stack.other.get(route).json()["data"] == []
+        assert len(stack.client.get(route).json()["data"]) == 1
+    assert stack.client.get(f"/jobs/{job_id}").json()["status"] == "failed"  # the other key changed nothing
+
+
+@pytest.mark.security
+def test_keys_are_random_hashed_and_revocable(stack: Any) -> None:
+    with stack.session() as s:
+        row, key = create_key(s, "ci")
+        _, key2 = create_key(s, "ci")
+    match = KEY_RE.match(key)
+    assert match is not None and match.group(1) == row.prefix and key != key2
+    with stack.session() as s:
+        stored = s.get(ApiKey, row.id)
+        assert stored is not None and stored.key_hash == hash_key(key, stack.settings) and key not in stored.key_hash
+        assert lookup_key(s, key, stack.settings) is not None
+        # The pepper is part of the hash: the same key under another pepper is unknown.
+        other = stack.settings.model_copy(update={"key_pepper": SecretStr("another-pepper")})
+        assert lookup_key(s, key, other) is None
+
+
+def test_api_never_imports_torch() -> None:
+    code = (
+        "import sys, api.app, api.client; api.app.create_app(); "
+        "print(sorted({'torch', 'ml', 'workers'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.security
+def test_hostile_inputs_never_cause_a_5xx(stack: Any) -> None:
+    import base64
+    import json
+
+    job_id = stack.client.post("/jobs", json={"kind": "probe", "params": {"fail_with": "nul \x00 byte ☃"}}).json()["id"]
+    assert stack.client.get(f"/jobs/{job_id}").json()["params"]["fail_with"] == "nul \x00 byte ☃"
+
+    def cursor(value: Any) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
+
+    deep = "[" * 5000 + "]" * 5000
+    requests = [
+        ("GET", "/jobs?kind=%00"), ("GET", "/jobs?status=%00"), ("GET", "/jobs?limit=-1"), ("GET", "/jobs?limit=x"),
+        ("GET", f"/jobs?cursor={cursor(['2020-01-01T00:00:00', 'a' + chr(0)])}"),
+        ("GET", f"/jobs?cursor={cursor(['not a date', 'a'])}"), ("GET", f"/jobs?cursor={cursor([1, 2])}"),
+        ("GET", f"/jobs?cursor={cursor({'a': 1})}"), ("GET", "/jobs?cursor=%ff%fe"),
+        ("GET", f"/jobs/{job_id}/events?type=%00"), ("GET", f"/jobs/{job_id}/events?after=-5"),
+        ("GET", f"/jobs/{job_id}/artifacts/%00"), ("GET", f"/jobs/{job_id}/artifacts/../../etc/passwd"),
+        ("GET", "/jobs/" + "a" * 5000), ("GET", "/datasets/%00"), ("GET", "/models/..%2f..%2f"),
+        ("POST", "/jobs/%00/cancel"), ("DELETE", "/jobs"), ("PUT", f"/jobs/{job_id}"),
+    ]  # fmt: skip
+    for method, url in requests:
+        r = stack.client.request(method, url)
+        assert r.status_code < 500, (method, url, r.status_code, r.text)
+        if r.status_code >= 400:
+            assert set(r.json()["error"]) == {"code", "message", "details"}
+        else:  # only a filter that matches nothing may succeed (SQLite accepts a NUL in a string)
+            assert url in {"/jobs?kind=%00", f"/jobs/{job_id}/events?type=%00"} and r.json()["data"] == []
+    for body in (deep, "[]", "null", '{"kind": 5}', '{"kind": "probe", "params": []}', "\xff\xfe"):
+        r = stack.client.post("/jobs", content=body.encode("utf-8", "surrogatepass"),
+                              headers={"Content-Type": "application/json"})  # fmt: skip
+        assert 400 <= r.status_code < 500, (body[:20], r.status_code, r.text)
+    r = stack.client.post("/jobs", json={"kind": "probe"}, headers={"Idempotency-Key": ("ü" * 300).encode("latin-1")})
+    assert r.status_code == 422
+    r = stack.client.post("/jobs", content=b"{" + b" " * 2_000_000 + b"}", headers={"Content-Type": "application/json"})
+    assert (r.status_code, r.json()["error"]["code"]) == (413, "payload_too_large")
+    chunks = iter([b'{"kind": "probe", "params": {"x": "'] + [b"a" * 65536] * 40 + [b'"}}'])
+    r = stack.client.post("/jobs", content=chunks, headers={"Content-Type": "application/json"})
+    assert (r.status_code, r.json()["error"]["code"]) == (413, "payload_too_large")
+    small = client_for(stack, max_params_bytes=50)
+    r = small.post("/jobs", json={"kind": "probe", "params": {"fail_with": "x" * 60}})
+    assert (r.status_code, r.json()["error"]["code"]) == (413, "params_too_large")
