@@ -1,0 +1,53 @@
+"""A cap on request bodies outside the upload routes, so a huge JSON body is never read into memory.
+
+Upload routes (`POST /datasets`, `POST /models`) stream to disk and enforce `max_upload_bytes`
+themselves. Every other body is small JSON: a declared Content-Length over the cap is answered 413
+before a byte is read, and a chunked body that passes the cap mid-stream is cut off (4xx).
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import ApiError, error_response
+
+STREAMED_ROUTES = frozenset({"/datasets", "/models"})
+
+
+class BodyTooLarge(ApiError):
+    """A streamed JSON body passed the cap."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(
+            413, "payload_too_large", f"request bodies are limited to {max_bytes} bytes", {"limit_bytes": max_bytes}
+        )
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over `max_bytes` on every route except the streamed uploads."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].rstrip("/") in STREAMED_ROUTES:
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                exc = BodyTooLarge(self.max_bytes)
+                await error_response(exc.status, exc.code, exc.message, exc.details)(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, limited, send)
