@@ -17,6 +17,13 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps facenet-pytorch==2.5.3
 	touch $(STAMP)
 
+# The browser tests drive Debian's Chromium through Playwright (never `playwright install`).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then apt-get install -y --no-install-recommends chromium || \
+	  (apt-get update && apt-get install -y --no-install-recommends chromium); \
+	else echo "browser tests need Chromium: sudo apt-get install chromium"; fi
+
 install: $(STAMP)
 
 demo: install
@@ -25,7 +32,7 @@ demo: install
 up: install
 	$(BIN)/facejobs up
 
-test: install
+test: install $(CHROMIUM)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install

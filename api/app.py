@@ -8,6 +8,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 from PIL import Image
 
+from api.dashboard import mount_static
+from api.dashboard import router as dashboard_router
 from api.errors import install_error_handlers
 from api.limits import BodyLimitMiddleware
 from api.metrics import build_registry
@@ -40,4 +42,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=max(JSON_BODY_MIN_BYTES, 4 * settings.max_params_bytes))
     for module in (jobs, artifacts, kinds, datasets, models, workers, health):
         app.include_router(module.router)
+    app.include_router(dashboard_router)
+    mount_static(app)
     return app

@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     # data
     data_dir: Path = Field(default=REPO_ROOT.parent / "shared" / "data")
     require_data: bool = False
+    require_browser: bool = Field(False, description="Fail (not skip) browser tests when Chromium is missing.")
 
     @field_validator("database_url")
     @classmethod
