@@ -17,7 +17,7 @@ import enum
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import CursorResult, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 
@@ -51,6 +51,12 @@ class TransitionError(Exception):
 def check_transition(old: JobStatus, new: JobStatus) -> None:
     if new not in TRANSITIONS[old]:
         raise TransitionError(f"a job cannot go from {old.value} to {new.value}")
+
+
+def _rowcount(result: Any) -> int:
+    """Rows an UPDATE changed (`execute` is typed as returning a plain Result)."""
+    res: CursorResult[Any] = result
+    return res.rowcount
 
 
 def utcnow() -> datetime:
@@ -116,7 +122,7 @@ def fenced_update(session: Session, job_id: str, attempt: int, worker_id: str, *
     """Write `values` only if this worker still holds this attempt's lease."""
     job = _job()
     res = session.execute(update(job).where(_fence(job_id, attempt, worker_id)).values(updated_at=utcnow(), **values))
-    return bool(res.rowcount)
+    return bool(_rowcount(res))
 
 
 def finish(
@@ -161,14 +167,14 @@ def request_cancel(session: Session, job_id: str) -> JobStatus | None:
         .where(job.id == job_id, job.status == JobStatus.QUEUED)
         .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, updated_at=now)
     )
-    if res.rowcount:
+    if _rowcount(res):
         return JobStatus.CANCELLED
     res = session.execute(
         update(job)
         .where(job.id == job_id, job.status == JobStatus.RUNNING)
         .values(cancel_requested=True, updated_at=now)
     )
-    if res.rowcount:
+    if _rowcount(res):
         return JobStatus.RUNNING
     status = session.execute(select(job.status).where(job.id == job_id)).scalar_one_or_none()
     return JobStatus(status) if status is not None else None
@@ -191,7 +197,7 @@ def retry(session: Session, job_id: str) -> bool:
             updated_at=now,
         )
     )
-    return bool(res.rowcount)
+    return bool(_rowcount(res))
 
 
 def reap_expired(session: Session, now: datetime | None = None) -> tuple[list[str], list[str]]:
@@ -232,6 +238,6 @@ def reap_expired(session: Session, now: datetime | None = None) -> tuple[list[st
             .where(cond)
             .values(lease_owner=None, lease_expires_at=None, updated_at=now, reaped=job.reaped + 1, **values)
         )
-        if res.rowcount:
+        if _rowcount(res):
             bucket.append(job_id)
     return requeued, failed

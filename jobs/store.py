@@ -93,7 +93,7 @@ class LocalStore:
             raise InvalidKey(f"invalid store key {key!r}: escapes the store")
         return path
 
-    def _write(self, key: str, writer: Callable[[IO[bytes]], None]) -> Path:
+    def _write(self, key: str, writer: Callable[[IO[bytes]], object]) -> Path:
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.part"
@@ -335,7 +335,9 @@ class S3Store:
 
     def presigned_get(self, key: str, seconds: int, filename: str | None = None) -> str:
         check_key(key)
-        headers = {"response-content-disposition": f'attachment; filename="{filename}"'} if filename else None
+        headers: dict[str, str | list[str] | tuple[str]] | None = (
+            {"response-content-disposition": f'attachment; filename="{filename}"'} if filename else None
+        )
         return self.public_client.presigned_get_object(
             self.bucket, key, expires=timedelta(seconds=seconds), response_headers=headers
         )
