@@ -1,0 +1,122 @@
+"""Params of the `train_embedding` and `evaluate` kinds (pydantic only: the API never imports torch)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.kindspec import KindSpec
+
+# Mirrors ml.backbones.list_backbones(); a test keeps the two in step.
+BACKBONES = ("se_resnet18", "iresnet18", "iresnet50")
+WARPS = ("none", "roi_tanh", "roi_tanh_polar", "roi_tanh_circular")
+DATASET_REF_PATTERN = r"^(builtin:(digits|mnist)|dataset:[A-Za-z0-9_-]{1,64})$"
+MODEL_REF_PATTERN = r"^(job|model):[A-Za-z0-9_-]{1,64}$"
+
+
+class TrainEmbeddingParams(BaseModel):
+    """ArcFace training of a face/digit embedding backbone, evaluated on a held-out split."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(
+        "builtin:mnist",
+        pattern=DATASET_REF_PATTERN,
+        description='Training data: "builtin:mnist", "builtin:digits" or "dataset:<id>" (one folder per identity).',
+    )
+    backbone: Literal["se_resnet18", "iresnet18", "iresnet50"] = Field(
+        "se_resnet18", description="Registered backbone: se_resnet18 (resnet_face18), iresnet18, iresnet50."
+    )
+    use_se: bool = Field(True, description="se_resnet18 only: squeeze-and-excitation in every block.")
+    base_width: int = Field(
+        64, ge=4, le=256, description="Width of the first stage (64 in the published layouts; stages double it)."
+    )
+    dropout: float | None = Field(
+        None, ge=0.0, lt=1.0, description="Dropout before the head's Linear layer (None: the backbone's default)."
+    )
+    embedding_size: int = Field(512, ge=1, le=4096, description="Length of the embedding d.")
+    image_size: int | None = Field(
+        None,
+        ge=16,
+        le=512,
+        description="Side of the square network input; None: 32 for builtin:mnist and builtin:digits, 112 "
+        "(the ArcFace face crop) for uploaded datasets.",
+    )
+    grey: bool | None = Field(
+        None, description="True: grey (1 channel); False: RGB (3 channels); None: keep the dataset's channels."
+    )
+    warp: Literal["none", "roi_tanh", "roi_tanh_polar", "roi_tanh_circular"] = Field(
+        "none", description="Warp input images into a RoI-tanh space before the backbone (faces)."
+    )
+    margin: float = Field(28.6, gt=0.0, lt=90.0, description="ArcFace angular margin in degrees (28.6 = 0.5 rad).")
+    scale: float = Field(64.0, gt=0.0, le=1024.0, description="ArcFace logit scale s.")
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="SGD with momentum, or AdamW.")
+    lr: float = Field(0.1, gt=0.0, le=10.0, description="Learning rate of the backbone.")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
+    weight_decay: float = Field(5e-4, ge=0.0, le=1.0, description="Weight decay of the backbone.")
+    loss_lr_multiplier: float = Field(
+        1.0, gt=0.0, le=100.0, description="Learning rate of the ArcFace class weights W relative to lr."
+    )
+    schedule: Literal["cosine", "step", "constant"] = Field(
+        "cosine", description="Per-epoch schedule: cosine to 0, step decay, or constant."
+    )
+    step_epochs: int = Field(10, ge=1, le=10_000, description="Step schedule: epochs between decays.")
+    step_gamma: float = Field(0.1, gt=0.0, le=1.0, description="Step schedule: decay factor.")
+    epochs: int = Field(10, ge=1, le=10_000, description="Training epochs (a checkpoint after each).")
+    batch_size: int = Field(128, ge=2, le=8192, description="Images per step.")
+    split_by: Literal["identity", "sample"] = Field(
+        "identity", description="Hold out whole identities (unseen people) or part of every identity's images."
+    )
+    test_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="Held-out share for evaluation.")
+    max_train_samples: int | None = Field(None, ge=2, description="Cap on training images (a seeded subset).")
+    augment_shift: int = Field(0, ge=0, le=64, description="Random translation of up to this many pixels.")
+    augment_flip: bool = Field(False, description="Random horizontal flips while training (faces, not digits).")
+    flip_tta: bool = Field(False, description="Evaluate with embedding(x) + embedding(mirrored x).")
+    folds: int = Field(10, ge=2, le=100, description="Cross-validation folds for the verification threshold.")
+    max_pairs: int = Field(3000, ge=10, le=1_000_000, description="Same (and different) pairs evaluated, at most.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds split, init, data order, augmentation, dropout.")
+
+
+class EvaluateParams(BaseModel):
+    """Verification and identification metrics of a trained model on a labelled dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., pattern=MODEL_REF_PATTERN, description='The model: "job:<id>" of a train_embedding job.')
+    dataset: str = Field(
+        ...,
+        pattern=DATASET_REF_PATTERN,
+        description='Labelled images: "builtin:mnist", "builtin:digits" or "dataset:<id>".',
+    )
+    use_split: Literal["held_out", "all"] = Field(
+        "held_out",
+        description="held_out: when the dataset is the model's training dataset, evaluate only its held-out "
+        "split; all: every image (for a dataset the model never saw).",
+    )
+    flip_tta: bool = Field(False, description="Embedding(x) + embedding(mirrored x).")
+    folds: int = Field(10, ge=2, le=100, description="Cross-validation folds for the verification threshold.")
+    max_pairs: int = Field(3000, ge=10, le=1_000_000, description="Same (and different) pairs evaluated, at most.")
+    gallery_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="Share of each identity used as gallery.")
+    max_samples: int | None = Field(None, ge=2, description="Evaluate at most this many images (seeded subset).")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds pair sampling, folds and the gallery split.")
+
+
+KINDS = [
+    KindSpec(
+        name="train_embedding",
+        params=TrainEmbeddingParams,
+        queue="gpu",
+        runner="workers.runners.embedding:run_train_embedding",
+        description="ArcFace (pytorch-metric-learning) training of se_resnet18/iresnet18/iresnet50, "
+        "evaluated on a held-out split: backbone.pt, arcface.pt, config.json, metrics, plots.",
+    ),
+    KindSpec(
+        name="evaluate",
+        params=EvaluateParams,
+        queue="gpu",
+        runner="workers.runners.embedding:run_evaluate",
+        description="Verification of a trained model on a labelled dataset: ROC, AUC, 10-fold threshold, "
+        "TAR@FAR, identification.",
+    ),
+]

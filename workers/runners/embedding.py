@@ -1,0 +1,190 @@
+"""The `train_embedding` and `evaluate` kinds: ArcFace training and verification (`ml.train_embedding`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from jobs.errors import JobInputError
+from workers.runners import Preempted
+
+# Result keys copied from metrics into the job row (the full set is in metrics.json).
+SUMMARY_KEYS = (
+    "auc",
+    "accuracy",
+    "accuracy_std",
+    "threshold",
+    "tar_at_far_1e-2",
+    "tar_at_far_1e-3",
+    "identification_accuracy",
+    "num_pairs",
+    "num_identities",
+    "num_images",
+)
+
+
+def default_image_size(ref: str) -> int:
+    """Input side when the params leave it unset: 32 for the digit sets, 112 (ArcFace crops) for faces."""
+    return 32 if ref.startswith("builtin:") else 112
+
+
+def _dataset_folder(ctx: Any, ref: str) -> Path | None:
+    """The local folder of `ref` (builtin:digits needs none)."""
+    return None if ref == "builtin:digits" else Path(ctx.open_dataset(ref))
+
+
+def _load(ctx: Any, ref: str, image_size: Any, channels: str | None) -> Any:
+    from ml.data import DatasetError, load_dataset
+
+    try:
+        # download=True: where MNIST's files are missing, torchvision's downloader is tried (online only).
+        folder = _dataset_folder(ctx, ref)
+        return load_dataset(ref, folder, image_size=image_size, channels=channels, download=True)  # type: ignore[arg-type]
+    except DatasetError as exc:
+        raise JobInputError(f"dataset {ref}: {exc}") from exc
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+
+
+def _put_plots(ctx: Any, plots: dict[str, bytes]) -> None:
+    for name, png in plots.items():
+        ctx.put_artifact(name, png, "image/png")
+
+
+def run_train_embedding(ctx: Any) -> dict[str, Any]:
+    """Train, evaluate on the held-out split, and store backbone.pt, arcface.pt, config.json,
+    metrics.json, roc.png, distances.png, loss.png and pca.png."""
+    from ml.data import DatasetError
+    from ml.embedding_model import save_trained
+    from ml.plots import evaluation_plots
+    from ml.train_embedding import TrainConfig, TrainConfigError, TrainingStopped, train_embedding, validate_config
+
+    p = ctx.params
+    image_size = p.image_size or default_image_size(p.dataset)
+    kwargs: dict[str, Any] = {"base_width": p.base_width}
+    if p.backbone == "se_resnet18":
+        kwargs["use_se"] = p.use_se
+    if p.dropout is not None:
+        kwargs["dropout"] = p.dropout
+    config = TrainConfig(
+        backbone=p.backbone,
+        backbone_kwargs=kwargs,
+        embedding_size=p.embedding_size,
+        image_size=image_size,
+        in_channels=None if p.grey is None else (1 if p.grey else 3),
+        warp=p.warp,
+        margin=p.margin,
+        scale=p.scale,
+        optimizer=p.optimizer,
+        lr=p.lr,
+        momentum=p.momentum,
+        weight_decay=p.weight_decay,
+        loss_lr_multiplier=p.loss_lr_multiplier,
+        schedule=p.schedule,
+        step_epochs=p.step_epochs,
+        step_gamma=p.step_gamma,
+        epochs=p.epochs,
+        batch_size=p.batch_size,
+        split_by=p.split_by,
+        test_fraction=p.test_fraction,
+        seed=p.seed,
+        max_train_samples=p.max_train_samples,
+        augment_shift=p.augment_shift,
+        augment_flip=p.augment_flip,
+        flip_tta=p.flip_tta,
+        folds=p.folds,
+        max_pairs=p.max_pairs,
+    )
+    try:
+        validate_config(config)  # before the data is fetched: bad params fail in a second
+    except TrainConfigError as exc:
+        raise JobInputError(str(exc)) from exc
+    channels = None if p.grey is None else ("grey" if p.grey else "rgb")
+    dataset = _load(ctx, p.dataset, image_size, channels)
+    ctx.log(f"{p.dataset}: {len(dataset)} images of {dataset.num_classes} identities, {dataset.image_size}")
+    try:
+        result = train_embedding(dataset, config, callbacks=ctx, device=ctx.device)
+    except TrainingStopped as exc:
+        raise Preempted(str(exc)) from exc
+    except (TrainConfigError, DatasetError) as exc:
+        raise JobInputError(str(exc)) from exc
+
+    out = Path(ctx.workdir) / "model"
+    paths = save_trained(out, result.backbone, result.arcface_weight, result.config, result.class_names)
+    ctx.put_artifact("backbone.pt", paths["backbone.pt"], "application/octet-stream")
+    ctx.put_artifact("arcface.pt", paths["arcface.pt"], "application/octet-stream")
+    ctx.put_artifact("config.json", paths["config.json"], "application/json")
+    ctx.put_artifact("metrics.json", _json_bytes({**result.metrics, "history": result.history}), "application/json")
+    test_classes = [dataset.class_names[i] for i in range(dataset.num_classes)]
+    _put_plots(
+        ctx, evaluation_plots(result.report, result.test_embeddings, result.test_labels, test_classes, result.history)
+    )
+    summary = {k: result.metrics[k] for k in SUMMARY_KEYS if k in result.metrics}
+    return {
+        **summary,
+        "epochs": len(result.history),
+        "final_train_loss": result.history[-1]["loss"],
+        "train_seconds": round(result.seconds, 1),
+        "split_by": result.split.by,
+    }
+
+
+def run_evaluate(ctx: Any) -> dict[str, Any]:
+    """Evaluate a trained model (`job:<id>`) on a labelled dataset: metrics.json and plots."""
+    import numpy as np
+
+    from ml.data import DatasetError, make_split
+    from ml.embedding_model import TrainedModelError, evaluate_model
+    from ml.plots import evaluation_plots
+    from ml.train_embedding import load_trained
+    from ml.verify import VerificationError
+
+    p = ctx.params
+    try:
+        backbone, _, config = load_trained(ctx.open_model(p.model), device=ctx.device)
+    except TrainedModelError as exc:
+        raise JobInputError(f"model {p.model}: {exc}") from exc
+    channels = "grey" if int(config["in_channels"]) == 1 else "rgb"
+    dataset = _load(ctx, p.dataset, tuple(config["image_size"]), channels)
+    note = "all images"
+    if p.use_split == "held_out" and config.get("dataset") == p.dataset:
+        split_cfg = config.get("split") or {}
+        if config.get("dataset_size") != len(dataset):
+            raise JobInputError(
+                f"{p.dataset} has {len(dataset)} images but the model was trained on {config.get('dataset_size')}: "
+                "its held-out split cannot be rebuilt; use use_split='all' on data the model never saw"
+            )
+        try:
+            split = make_split(dataset.labels, split_cfg["by"], split_cfg["test_fraction"], split_cfg["seed"])
+        except DatasetError as exc:
+            raise JobInputError(str(exc)) from exc
+        dataset = dataset.subset(split.test)
+        note = f"the model's held-out split (by {split.by})"
+    if p.max_samples is not None and len(dataset) > p.max_samples:
+        keep = np.sort(np.random.default_rng(p.seed).choice(len(dataset), p.max_samples, replace=False))
+        dataset = dataset.subset(keep.tolist())
+    ctx.log(f"evaluating {p.model} on {len(dataset)} images of {p.dataset} ({note})")
+    ctx.progress(0, 1)
+    try:
+        report, emb = evaluate_model(
+            backbone,
+            dataset.images,
+            dataset.labels,
+            config,
+            flip_tta=p.flip_tta,
+            folds=p.folds,
+            max_pairs=p.max_pairs,
+            gallery_fraction=p.gallery_fraction,
+            seed=p.seed,
+            device=ctx.device,
+        )
+    except VerificationError as exc:
+        raise JobInputError(f"evaluate: {exc}") from exc
+    ctx.progress(1, 1, auc=float(report.metrics["auc"] or 0.0), accuracy=float(report.metrics["accuracy"] or 0.0))
+    metrics = {**report.metrics, "model": p.model, "dataset": p.dataset, "evaluated_on": note, "flip_tta": p.flip_tta}
+    ctx.put_artifact("metrics.json", _json_bytes(metrics), "application/json")
+    _put_plots(ctx, evaluation_plots(report, emb, dataset.labels, dataset.class_names))
+    return {k: report.metrics[k] for k in SUMMARY_KEYS if k in report.metrics} | {"evaluated_on": note}
