@@ -1,0 +1,99 @@
+"""The `invert` kind: class representations from a trained ArcFace model (`ml.invert`)."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from jobs.errors import JobInputError
+from workers.runners import Preempted
+
+
+def _png(image: Any) -> bytes:
+    """PNG bytes of one (C, H, W) image in [0, 1]."""
+    from PIL import Image
+
+    array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(array[..., 0] if array.shape[2] == 1 else array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def run_invert(ctx: Any) -> dict[str, Any]:
+    """Invert the model named by `ctx.params.model`; artifacts: images/*.png, grid.png, tensors.pt, metrics.json."""
+    import torch
+
+    from ml.embedding_model import TrainedModelError
+    from ml.invert import InversionConfig, InversionError, grid_png, invert
+    from ml.train_embedding import load_trained
+
+    p = ctx.params
+    try:
+        backbone, weight, model_config = load_trained(ctx.open_model(p.model), device="cpu")
+    except TrainedModelError as exc:
+        raise JobInputError(f"model {p.model}: {exc}") from exc
+    warp = model_config.get("warp") or "none"
+    if warp != "none":
+        ctx.log(f"invert: the model was trained in the {warp} space; the images are in that space")
+    config = InversionConfig(
+        classes=p.classes,
+        images_per_class=p.images_per_class,
+        iterations=p.iterations,
+        lr=p.lr,
+        lr_schedule=p.lr_schedule,
+        lambda_bn=p.lambda_bn,
+        bn_form=p.bn_form,
+        first_bn_weight=p.first_bn_weight,
+        adam_betas=tuple(p.adam_betas),
+        tv_weight=p.tv_weight,
+        l2_weight=p.l2_weight,
+        jitter=p.jitter,
+        flip=p.flip,
+        seed=p.seed,
+        margin_degrees=float(model_config.get("margin") or 28.6),
+        scale=float(model_config.get("scale") or 64.0),
+        checkpoint_every=p.checkpoint_every,
+        preview_every=p.preview_every,
+        channels_last=ctx.device.type == "cuda",
+    )
+    image_size = model_config.get("image_size")
+    try:
+        result = invert(
+            backbone,
+            weight,
+            config,
+            normalize=model_config.get("normalize"),
+            image_size=list(image_size) if image_size is not None else None,
+            in_channels=model_config.get("in_channels"),
+            device=ctx.device,
+            callbacks=ctx,
+        )
+    except InversionError as exc:
+        raise JobInputError(f"invert: {exc}") from exc
+    if result.stopped:
+        raise Preempted(f"inversion stopped at step {result.step} (checkpoint saved)")
+
+    ipc = config.images_per_class
+    for i, (image, label) in enumerate(zip(result.images, result.labels.tolist(), strict=True)):
+        ctx.put_artifact(f"images/{label}_{i % ipc}.png", _png(image), "image/png")
+    upscale = max(1, 64 // min(result.images.shape[2:]))
+    ctx.put_artifact("grid.png", grid_png(result.images, ipc, upscale=upscale), "image/png")
+    buf = io.BytesIO()
+    torch.save({"images": result.images, "labels": result.labels, "classes": result.classes}, buf)
+    ctx.put_artifact("tensors.pt", buf.getvalue(), "application/octet-stream")
+    class_names = model_config.get("class_names") or []
+    metrics = dict(result.metrics, model=p.model, warp=warp)
+    for c, per in metrics["per_class"].items():
+        if int(c) < len(class_names):
+            per["name"] = class_names[int(c)]
+    ctx.put_artifact("metrics.json", json.dumps(metrics, indent=2).encode(), "application/json")
+    return {
+        "target_prob": metrics["target_prob"],
+        "accuracy": metrics["accuracy"],
+        "bn_loss": metrics["bn_loss"],
+        "iterations": metrics["iterations"],
+        "seconds": metrics["seconds"],
+        "classes": result.classes,
+        "images": len(result.labels),
+    }
