@@ -1,0 +1,194 @@
+"""Params of the `embed` (bulk face embedding) and `verify` (two images) kinds; pydantic and stdlib only."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from jobs.kindspec import KindSpec
+
+DATASET_REF_PATTERN = r"^dataset:[A-Za-z0-9_-]{1,64}$"
+# "facenet:<weights>" (InceptionResnetV1) or "job:<id>" (a train_embedding job's backbone).
+EMBED_MODEL_PATTERN = r"^(facenet:(vggface2|casia-webface)|job:[A-Za-z0-9_-]{1,64})$"
+WEIGHTS_REF_PATTERN = r"^model:[A-Za-z0-9_-]{1,64}$"
+WARP_SPACES = Literal["none", "roi_tanh", "roi_tanh_polar", "roi_tanh_circular"]
+MAX_VERIFY_IMAGE_BYTES = 8 * 1024 * 1024
+_DATASET_KEY = re.compile(r"^(dataset:[A-Za-z0-9_-]{1,64})/(.+)$")
+
+
+class _ModelChoice(BaseModel):
+    """Which network embeds the faces."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        "facenet:vggface2",
+        pattern=EMBED_MODEL_PATTERN,
+        description='"facenet:vggface2" / "facenet:casia-webface" (InceptionResnetV1, 160x160, 512-d) or '
+        '"job:<id>" (a backbone trained by a train_embedding job).',
+    )
+    weights: str | None = Field(
+        None,
+        pattern=WEIGHTS_REF_PATTERN,
+        description='FaceNet only: "model:<id>" of the uploaded InceptionResnetV1 weights '
+        "(facenet-pytorch's 20180402-114759-vggface2.pt or 20180408-102900-casia-webface.pt). None "
+        "downloads them, which fails on a worker without internet.",
+    )
+    min_face_size: int = Field(20, ge=12, le=2000, description="MTCNN: smallest face looked for, in pixels.")
+    upscale_below: int = Field(
+        0,
+        ge=0,
+        le=2048,
+        description="Upscale images whose shorter side is under this before detection (0: never).",
+    )
+    align_size: Literal[112, 160] | None = Field(
+        None,
+        description="Aligned crop side: 112 (ArcFace 5-point template) or 160 (the template scaled, "
+        "FaceNet's crop size); None: the model's own (160 FaceNet, 112 trained backbones).",
+    )
+    flip_tta: bool = Field(True, description="Embedding = normalise(f(face) + f(mirrored face)).")
+
+    @model_validator(mode="after")
+    def _weights_only_for_facenet(self) -> Self:
+        if self.weights is not None and not self.model.startswith("facenet:"):
+            raise ValueError("weights apply to facenet models only; a job:<id> model brings its own backbone.pt")
+        return self
+
+
+class _Dataset(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(
+        ..., pattern=DATASET_REF_PATTERN, description='"dataset:<id>": images in nested folders, any sizes.'
+    )
+
+
+# The right-most base's fields come first in the schema (and the dashboard's form): what, then how.
+class EmbedParams(_ModelChoice, _Dataset):
+    """Detect, align and embed every face of an image dataset, resumably, chunk by chunk."""
+
+    faces: Literal["largest", "all"] = Field("largest", description="Embed the largest face of each image, or all.")
+    thresholds: list[float] = Field(
+        [0.6, 0.7, 0.7],
+        min_length=3,
+        max_length=3,
+        description="MTCNN P-, R-, O-net score thresholds, each in (0, 1).",
+    )
+    factor: float = Field(0.709, ge=0.1, lt=1.0, description="MTCNN image-pyramid scale step.")
+    detect_size: int | None = Field(
+        None,
+        ge=32,
+        le=4096,
+        description="Letterbox every image into this square for detection, so images of any size share MTCNN "
+        "batches (None: detect at each image's own size, batching images of equal size).",
+    )
+    warp: WARP_SPACES | None = Field(
+        None,
+        description="RoI-tanh warp of the aligned face, sampling its real surroundings (None: the "
+        "model's own training warp; none for FaceNet).",
+    )
+    keep_aspect_ratio: bool = Field(False, description="Polar/circular warps: follow the RoI ellipse.")
+    detect_batch_size: int = Field(32, ge=1, le=1024, description="Images per MTCNN call.")
+    embed_batch_size: int = Field(256, ge=1, le=8192, description="Faces per network call.")
+    chunk_size: int = Field(
+        500, ge=1, le=1_000_000, description="Files per checkpoint (a resumed job redoes at most one)."
+    )
+    num_workers: int = Field(4, ge=1, le=64, description="Threads decoding images ahead of detection.")
+    max_image_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        le=1_000_000_000,
+        description="Images with more pixels fail as too_large (decompression bombs).",
+    )
+    max_file_bytes: int = Field(50 * 1024 * 1024, ge=1, le=2**34, description="Larger files fail as too_large.")
+    min_image_size: int = Field(16, ge=1, le=4096, description="Images with a shorter side fail as too_small.")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds_in_range(cls, v: list[float]) -> list[float]:
+        if not all(0.0 < t < 1.0 for t in v):
+            raise ValueError("each MTCNN threshold must be in (0, 1)")
+        return v
+
+
+def parse_image_ref(value: str) -> tuple[str, str] | bytes:
+    """("dataset:<id>", relative key) for a dataset image, or the decoded bytes of base64 / a data URL.
+
+    Raises:
+        ValueError: a key that leaves its dataset, bad base64, or more than `MAX_VERIFY_IMAGE_BYTES`.
+    """
+    m = _DATASET_KEY.match(value)
+    if m is not None:
+        key = m.group(2)
+        parts = key.split("/")
+        if key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in parts):
+            raise ValueError("a dataset image key is a relative path inside the dataset, without '.', '..' or '\\'")
+        return m.group(1), key
+    payload = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError('an image is "dataset:<id>/<key>" or base64 PNG/JPEG bytes (a data URL is fine)') from None
+    if not data:
+        raise ValueError("the image is empty")
+    if len(data) > MAX_VERIFY_IMAGE_BYTES:
+        raise ValueError(f"the image is {len(data)} bytes; at most {MAX_VERIFY_IMAGE_BYTES}")
+    return data
+
+
+class _ImagePair(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image_a: str = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_VERIFY_IMAGE_BYTES * 4 // 3 + 64,
+        description='Base64 PNG/JPEG bytes (or a data URL), or "dataset:<id>/<path in the dataset>".',
+    )
+    image_b: str = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_VERIFY_IMAGE_BYTES * 4 // 3 + 64,
+        description="The second image, as image_a.",
+    )
+
+    @field_validator("image_a", "image_b")
+    @classmethod
+    def _image_ref(cls, v: str) -> str:
+        parse_image_ref(v)
+        return v
+
+
+class VerifyParams(_ModelChoice, _ImagePair):
+    """Are two face images the same person? Cosine distance against the model's threshold."""
+
+    threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=2.0,
+        description="Cosine distance at or under which the faces are the same person; None: 1 - the model's "
+        "best similarity threshold from its train/evaluate metrics.json (required for FaceNet).",
+    )
+
+
+KINDS = [
+    KindSpec(
+        name="embed",
+        params=EmbedParams,
+        queue="gpu",
+        runner="workers.runners.embed:run_embed",
+        description="Bulk face embedding: MTCNN detection, 5-point alignment, batched FaceNet or trained "
+        "backbone, flip TTA: embeddings.npy, index.csv, failures.csv, config.json.",
+    ),
+    KindSpec(
+        name="verify",
+        params=VerifyParams,
+        queue="cpu",
+        runner="workers.runners.embed:run_verify",
+        description="Two face images -> cosine distance, the model's threshold, same or different person.",
+    ),
+]

@@ -1,0 +1,164 @@
+"""Batched MTCNN face detection (facenet-pytorch) on images of any size.
+
+facenet-pytorch's MTCNN batches only images of one size. `FaceDetector.prepare` gives every image
+its detection size: its own (images of a size are then grouped by the caller), upscaled when its
+shorter side is under `upscale_below` (small images such as ORL's 92x112 crops), or letterboxed
+into `detect_size` x `detect_size` so images of any size share batches. Boxes and landmarks are
+mapped back to the original image's pixel units (pixel k's centre at k) with the exact per-axis
+scale, so they stay floats; `detect` returns the faces of each image, largest first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class DetectorSettingsError(ValueError):
+    """A detector setting is out of range."""
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """MTCNN and batching settings.
+
+    Attributes:
+        min_face_size: smallest face searched for, in detection-image pixels.
+        thresholds: P-, R- and O-net score thresholds.
+        factor: scale step of the image pyramid.
+        faces: "largest" keeps one face per image (the largest box), "all" keeps every face.
+        upscale_below: images whose shorter side is under this are upscaled to it before detection
+            (0: never).
+        detect_size: letterbox every image into this square before detection, so images of any
+            size batch together (None: detect at the image's own size, grouped by size).
+        batch_size: images per MTCNN call.
+    """
+
+    min_face_size: int = 20
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    factor: float = 0.709
+    faces: Literal["largest", "all"] = "largest"
+    upscale_below: int = 0
+    detect_size: int | None = None
+    batch_size: int = 32
+
+    def validate(self) -> None:
+        problems = []
+        if self.min_face_size < 12:
+            problems.append(f"min_face_size must be >= 12 (MTCNN's cell), got {self.min_face_size}")
+        if len(self.thresholds) != 3 or not all(0.0 < t < 1.0 for t in self.thresholds):
+            problems.append(f"thresholds must be three numbers in (0, 1), got {self.thresholds}")
+        if not 0.1 <= self.factor < 1.0:
+            problems.append(f"factor must be in [0.1, 1), got {self.factor}")
+        if self.faces not in ("largest", "all"):
+            problems.append(f"faces must be 'largest' or 'all', got {self.faces!r}")
+        if self.detect_size is not None and self.detect_size < self.min_face_size:
+            problems.append(f"detect_size {self.detect_size} is under min_face_size {self.min_face_size}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if problems:
+            raise DetectorSettingsError("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One face in original-image pixel units: box (x1, y1, x2, y2), score, 5 landmarks (5, 2)."""
+
+    box: np.ndarray
+    prob: float
+    landmarks: np.ndarray
+
+
+@dataclass
+class Prepared:
+    """An image ready for detection: its tensor at detection size and how to map results back."""
+
+    image: torch.Tensor  # (3, H, W) float in [0, 1] at the original size, on the device (for alignment)
+    detect: torch.Tensor  # (h, w, 3) float in [0, 255] at detection size (MTCNN's input)
+    scale: tuple[float, float]  # (sx, sy): detection pixels per original pixel
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.detect.shape[0]), int(self.detect.shape[1])
+
+
+class FaceDetector:
+    """facenet-pytorch's MTCNN (weights ship in its wheel) with size handling and batching."""
+
+    def __init__(self, settings: DetectorSettings, device: torch.device | str = "cpu") -> None:
+        from facenet_pytorch import MTCNN
+
+        settings.validate()
+        self.settings = settings
+        self.device = torch.device(device)
+        self.mtcnn = MTCNN(
+            min_face_size=settings.min_face_size,
+            thresholds=list(settings.thresholds),
+            factor=settings.factor,
+            select_largest=True,
+            keep_all=True,
+            device=self.device,
+        ).eval()
+
+    def detection_size(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(h, w) the image is resized to and (H, W) of the tensor MTCNN sees (letterbox pads)."""
+        s = self.settings
+        if s.detect_size is not None:
+            k = s.detect_size / max(height, width)
+            h, w = max(1, round(height * k)), max(1, round(width * k))
+            return h, w, s.detect_size, s.detect_size
+        if s.upscale_below and min(height, width) < s.upscale_below:
+            k = s.upscale_below / min(height, width)
+            h, w = round(height * k), round(width * k)
+            return h, w, h, w
+        return height, width, height, width
+
+    def prepare(self, rgb: np.ndarray) -> Prepared | str:
+        """Move an (H, W, 3) uint8 image to the device at detection size; a message if it is too small."""
+        height, width = rgb.shape[:2]
+        h, w, ph, pw = self.detection_size(height, width)
+        if min(h, w) < self.settings.min_face_size:
+            return (
+                f"{width}x{height} is detected at {w}x{h}, under min_face_size {self.settings.min_face_size} "
+                "(set upscale_below to look for faces in small images)"
+            )
+        hwc = torch.from_numpy(rgb).to(self.device).float()
+        det = hwc
+        if (h, w) != (height, width):
+            chw = hwc.permute(2, 0, 1).unsqueeze(0)
+            det = F.interpolate(chw, size=(h, w), mode="bilinear", align_corners=False, antialias=h < height)
+            det = det[0].permute(1, 2, 0).clamp(0, 255)
+        if (ph, pw) != (h, w):
+            det = F.pad(det.permute(2, 0, 1), (0, pw - w, 0, ph - h)).permute(1, 2, 0)
+        image = hwc.permute(2, 0, 1).div(255.0).contiguous()
+        return Prepared(image, det.contiguous(), (w / width, h / height))
+
+    @torch.no_grad()
+    def detect(self, batch: list[Prepared]) -> list[list[Detection]]:
+        """Faces of every image of a batch of one detection size, largest first (or only the largest)."""
+        if not batch:
+            return []
+        sizes = {p.size for p in batch}
+        if len(sizes) != 1:
+            raise ValueError(f"one detection batch must hold one image size, got {sorted(sizes)}")
+        stacked = torch.stack([p.detect for p in batch])
+        boxes, probs, points = self.mtcnn.detect(stacked, landmarks=True)
+        out = []
+        for p, b, pr, pt in zip(batch, boxes, probs, points, strict=True):
+            faces: list[Detection] = []
+            if b is not None:
+                sx, sy = p.scale
+                scale = np.array([sx, sy])
+                for box, prob, lm in zip(np.asarray(b, np.float64), pr, np.asarray(pt, np.float64), strict=True):
+                    # Resizing maps original x to (x + 0.5) * s - 0.5 (align_corners=False): invert it.
+                    back_box = (box.reshape(2, 2) + 0.5) / scale - 0.5
+                    back_lm = (lm + 0.5) / scale - 0.5
+                    faces.append(Detection(back_box.reshape(4), float(prob), back_lm))
+                if self.settings.faces == "largest":
+                    faces = faces[:1]  # MTCNN(select_largest=True) sorts by box area, largest first
+            out.append(faces)
+        return out

@@ -1,0 +1,148 @@
+"""The `embed` and `verify` kinds: bulk face embedding and two-image verification (`ml.embed`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from jobs.errors import JobInputError
+from jobs.params.embed import MAX_VERIFY_IMAGE_BYTES, parse_image_ref
+from workers.runners import Preempted
+
+
+def _load_model(ctx: Any, model: str, weights: str | None) -> Any:
+    """The `FaceModel` named by the params, or `JobInputError` saying what to upload."""
+    from ml.embed_models import ModelLoadError, load_facenet, load_trained_model
+
+    try:
+        if model.startswith("facenet:"):
+            path = Path(ctx.open_model(weights)) if weights else None
+            return load_facenet(model.split(":", 1)[1], path, device=ctx.device)
+        return load_trained_model(Path(ctx.open_model(model)), model, device=ctx.device)
+    except ModelLoadError as exc:
+        raise JobInputError(f"model {model}: {exc}") from exc
+
+
+def _detector_settings(p: Any, faces: str) -> Any:
+    from ml.embed_detect import DetectorSettings
+
+    return DetectorSettings(
+        min_face_size=p.min_face_size,
+        thresholds=tuple(getattr(p, "thresholds", (0.6, 0.7, 0.7))),
+        factor=getattr(p, "factor", 0.709),
+        faces=faces,  # type: ignore[arg-type]
+        upscale_below=p.upscale_below,
+        detect_size=getattr(p, "detect_size", None),
+        batch_size=getattr(p, "detect_batch_size", 32),
+    )
+
+
+def run_embed(ctx: Any) -> dict[str, Any]:
+    """Embed every face of the dataset: embeddings.npy, index.csv, failures.csv, config.json."""
+    from ml.embed import EmbedSettings, EmbedSettingsError, EmbedStopped, embed_dataset
+    from ml.embed_io import DecodeLimits, list_files
+
+    p = ctx.params
+    settings = EmbedSettings(
+        detector=_detector_settings(p, p.faces),
+        align_size=p.align_size,
+        warp=p.warp,
+        keep_aspect_ratio=p.keep_aspect_ratio,
+        flip_tta=p.flip_tta,
+        embed_batch_size=p.embed_batch_size,
+        chunk_size=p.chunk_size,
+        num_workers=p.num_workers,
+        limits=DecodeLimits(p.max_image_pixels, p.max_file_bytes, p.min_image_size),
+    )
+    try:
+        settings.validate()  # before anything is fetched: bad params fail in a second
+    except EmbedSettingsError as exc:
+        raise JobInputError(str(exc)) from exc
+    files = list_files(Path(ctx.open_dataset(p.dataset)))
+    if not files:
+        raise JobInputError(f"{p.dataset} holds no files")
+    model = _load_model(ctx, p.model, p.weights)
+    ctx.log(f"{p.dataset}: {len(files)} files; model {model.model_id} ({model.embedding_size}-d) on {ctx.device}")
+    try:
+        result = embed_dataset(files, model, settings, callbacks=ctx, device=ctx.device)
+    except EmbedStopped as exc:
+        raise Preempted(str(exc)) from exc
+    except EmbedSettingsError as exc:
+        raise JobInputError(str(exc)) from exc
+    result.config.update(dataset=p.dataset, params=p.model_dump(), job_id=ctx.job_id)
+    paths = result.write(Path(ctx.workdir) / "embed")
+    ctx.put_artifact("embeddings.npy", paths["embeddings.npy"], "application/octet-stream")
+    ctx.put_artifact("index.csv", paths["index.csv"], "text/csv")
+    ctx.put_artifact("failures.csv", paths["failures.csv"], "text/csv")
+    ctx.put_artifact("config.json", paths["config.json"], "application/json")
+    cfg = result.config
+    return {
+        "files": cfg["files"],
+        "faces": cfg["faces"],
+        "images_with_faces": cfg["images_with_faces"],
+        "failures": cfg["failures"],
+        "failure_reasons": cfg["failure_reasons"],
+        "embedding_size": cfg["embedding_size"],
+        "model": cfg["model"],
+    }
+
+
+def _image_bytes(ctx: Any, ref: str, name: str) -> bytes:
+    parsed = parse_image_ref(ref)
+    if isinstance(parsed, bytes):
+        return parsed
+    dataset, key = parsed
+    root = Path(ctx.open_dataset(dataset)).resolve()
+    path = (root / key).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise JobInputError(f"{name}: no file {key!r} in {dataset}")
+    if path.stat().st_size > MAX_VERIFY_IMAGE_BYTES:
+        raise JobInputError(f"{name}: {key} is over {MAX_VERIFY_IMAGE_BYTES} bytes")
+    return path.read_bytes()
+
+
+def run_verify(ctx: Any) -> dict[str, Any]:
+    """Embed the largest face of each image; cosine distance against the threshold -> same or not."""
+    import numpy as np
+
+    from ml.embed import EmbedSettings, embed_image
+    from ml.embed_detect import FaceDetector
+    from ml.embed_io import DecodeLimits, Failure
+
+    p = ctx.params
+    model = _load_model(ctx, p.model, p.weights)
+    if p.threshold is not None:
+        threshold, source = float(p.threshold), "params"
+    elif model.threshold is not None:
+        threshold, source = 1.0 - float(model.threshold), "model metrics"
+    else:
+        raise JobInputError(
+            f"model {p.model} has no recorded threshold (no metrics.json with best_threshold/threshold): "
+            "pass threshold (a cosine distance), or run an evaluate job first"
+        )
+    settings = EmbedSettings(
+        detector=_detector_settings(p, "largest"),
+        align_size=p.align_size,
+        flip_tta=p.flip_tta,
+        limits=DecodeLimits(max_file_bytes=MAX_VERIFY_IMAGE_BYTES),
+    )
+    detector = FaceDetector(settings.detector, ctx.device)
+    embeddings, faces = [], {}
+    for name in ("image_a", "image_b"):
+        data = _image_bytes(ctx, getattr(p, name), name)
+        out = embed_image(data, model, settings, ctx.device, detector, key=name)
+        if isinstance(out, Failure):
+            raise JobInputError(f"{name}: {out.reason}: {out.detail}")
+        embeddings.append(out[0])
+        faces[name] = {k: out[1][k] for k in ("x1", "y1", "x2", "y2", "prob", "image_width", "image_height")}
+    similarity = float(np.dot(embeddings[0].astype(np.float64), embeddings[1].astype(np.float64)))
+    distance = 1.0 - similarity
+    return {
+        "distance": distance,
+        "similarity": similarity,
+        "threshold": threshold,
+        "threshold_source": source,
+        "same": distance <= threshold,
+        "model": model.model_id,
+        "faces": faces,
+    }
