@@ -1,0 +1,249 @@
+"""Training a DCGAN on a tensor of images, resumable epoch by epoch, exported in the generator contract.
+
+`train_dcgan(images01, config, callbacks, device)`:
+1. validates the config (`GANConfigError`) and fits the images to the configured size/channels;
+2. trains with Adam (lr 2e-4, beta1 0.5) on the non-saturating BCE loss or the hinge loss,
+   one discriminator step then one generator step per batch;
+3. after every epoch publishes a preview grid of a fixed set of latents, saves a checkpoint
+   (both networks, both optimisers, history) and raises `TrainingStopped` if asked to stop.
+
+Resume is exact: the data order and latents of epoch e are drawn from a generator seeded by
+(seed, e) alone, so a run killed after k epochs and resumed ends with the same weights as an
+uninterrupted one (bit for bit on CPU). `export_dcgan` writes the contract's generator.pt/json.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ml.callbacks import Callbacks, LocalCallbacks
+from ml.gan.common import (
+    GANConfigError,
+    TrainingStopped,
+    derived_seed,
+    fingerprint,
+    fit_images,
+    grid_png,
+    to_signed,
+    to_unit,
+)
+from ml.gan.dcgan import DCGANDiscriminator, DCGANGenerator, check_dcgan
+from ml.gan.generator import PRIORS, sample_latent, save_generator
+
+CHECKPOINT_KIND = "train_generator"
+LOSSES = ("bce", "hinge")
+
+
+@dataclass
+class DCGANConfig:
+    """Hyperparameters of `train_dcgan` (defaults: the DCGAN paper's).
+
+    Attributes:
+        latent_dim: length of z.
+        prior: "normal" (N(0, I)) or "uniform" (U(-1, 1)).
+        image_size: output side (16, 32, 64 or 128); 64 is the paper's network.
+        channels: 1 or 3; None keeps the data's channel count.
+        g_width: base width of the generator (its last hidden layer; x2 per stage inwards).
+        d_width: base width of the discriminator (its first layer).
+        loss: "bce" (non-saturating) or "hinge".
+        epochs, batch_size, lr, beta1, beta2: the optimisation (Adam for both networks).
+        seed: seeds initial weights, data order and latents.
+        preview_count: latents in the preview grid (fixed for the whole run).
+        log_every: report progress every this many steps (each report syncs the device).
+    """
+
+    latent_dim: int = 100
+    prior: str = "normal"
+    image_size: int = 64
+    channels: int | None = None
+    g_width: int = 64
+    d_width: int = 64
+    loss: str = "bce"
+    epochs: int = 25
+    batch_size: int = 128
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    seed: int = 0
+    preview_count: int = 64
+    log_every: int = 10
+
+    def validate(self) -> None:
+        """Raise `GANConfigError` for values the trainer cannot use."""
+        check_dcgan(self.image_size, self.channels or 1, self.latent_dim, min(self.g_width, self.d_width))
+        if self.prior not in PRIORS:
+            raise GANConfigError(f"prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
+        if self.loss not in LOSSES:
+            raise GANConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise GANConfigError("epochs must be >= 1 and batch_size >= 2 (batch norm needs 2 images)")
+        if not (self.lr > 0 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise GANConfigError("lr must be > 0 and the Adam betas in [0, 1)")
+
+
+@dataclass
+class TrainedGenerator:
+    """What `train_dcgan` returns: both networks on the CPU in eval mode, the config and the curves."""
+
+    generator: DCGANGenerator
+    discriminator: DCGANDiscriminator
+    config: dict[str, Any]
+    history: list[dict[str, float]]
+    seconds: float
+
+
+def gan_losses(loss: str, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    """The discriminator's loss on real and fake logits."""
+    if loss == "hinge":
+        return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+    real = F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+    return real + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
+
+
+def generator_loss(loss: str, d_fake: torch.Tensor) -> torch.Tensor:
+    """The generator's loss on the discriminator's logits of its images (non-saturating for BCE)."""
+    if loss == "hinge":
+        return -d_fake.mean()
+    return F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
+
+
+def _preview(cb: Callbacks, gen: nn.Module, z: torch.Tensor) -> None:
+    was_training = gen.training
+    gen.eval()
+    with torch.no_grad():
+        images = to_unit(gen(z))
+    gen.train(was_training)
+    nrow = max(1, round(z.shape[0] ** 0.5))
+    cb.preview("samples", grid_png(images, nrow, upscale=max(1, 64 // images.shape[-1])))
+
+
+def train_dcgan(
+    images01: torch.Tensor,
+    config: DCGANConfig,
+    callbacks: Callbacks | None = None,
+    device: torch.device | str = "cpu",
+    source: str = "",
+) -> TrainedGenerator:
+    """Train a DCGAN on `images01` ((N, C, H, W) in [0, 1], resized and converted as configured).
+
+    Args:
+        images01: the training images.
+        config: hyperparameters; see `DCGANConfig`.
+        callbacks: progress/preview/checkpoint/stop hooks; None uses an in-memory `LocalCallbacks`.
+        device: where to train.
+        source: the dataset reference, recorded in the config (and the resume fingerprint).
+
+    Raises:
+        GANConfigError: bad config or too few images (before any training).
+        TrainingStopped: `callbacks.should_stop()` after an epoch's checkpoint.
+    """
+    cb: Callbacks = callbacks if callbacks is not None else LocalCallbacks()
+    device = torch.device(device)
+    if images01.ndim != 4 or images01.shape[0] < 2:
+        raise GANConfigError(f"need at least 2 images of shape (N, C, H, W), got {tuple(images01.shape)}")
+    channels = config.channels or int(images01.shape[1])
+    config = DCGANConfig(**{**asdict(config), "channels": channels})
+    config.validate()
+    size = (config.image_size, config.image_size)
+    x = to_signed(fit_images(images01, channels, size)).to(device)
+    n = int(x.shape[0])
+    batch = min(config.batch_size, n)
+    steps_per_epoch = n // batch
+    total_steps = steps_per_epoch * config.epochs
+
+    # Initialise on the CPU from the seed so every device starts from the same weights.
+    torch.manual_seed(derived_seed(config.seed, 0))
+    gen = DCGANGenerator(config.latent_dim, channels, config.image_size, config.g_width).to(device)
+    disc = DCGANDiscriminator(channels, config.image_size, config.d_width).to(device)
+    betas = (config.beta1, config.beta2)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr, betas=betas)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=config.lr, betas=betas)
+    fixed_z = sample_latent(
+        config.preview_count, config.latent_dim, config.prior, torch.Generator().manual_seed(config.seed), device
+    )
+    resolved = dict(asdict(config), source=source, train_images=n, architecture="dcgan")
+    key = fingerprint(asdict(config), source, n)
+
+    start_epoch, history = 0, []
+    state = cb.load_checkpoint()
+    if state is not None and state.get("kind") == CHECKPOINT_KIND:
+        if state.get("fingerprint") != key:
+            raise GANConfigError("the checkpoint found belongs to a different config or dataset; cannot resume")
+        gen.load_state_dict(state["generator"])
+        disc.load_state_dict(state["discriminator"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        start_epoch, history = int(state["epoch"]), list(state["history"])
+        cb.log(f"resumed from the checkpoint of epoch {start_epoch}")
+
+    started = time.monotonic()
+    for epoch in range(start_epoch, config.epochs):
+        gen.train()
+        disc.train()
+        rng = torch.Generator().manual_seed(derived_seed(config.seed, 1, epoch))
+        order = torch.randperm(n, generator=rng).to(device)
+        sums = torch.zeros(4, device=device)  # d_loss, g_loss, D(x), D(G(z)) summed over steps
+        for step in range(steps_per_epoch):
+            real = x[order[step * batch : (step + 1) * batch]]
+            z = sample_latent(batch, config.latent_dim, config.prior, rng, device)
+            fake = gen(z)
+            d_real = disc(real)
+            loss_d = gan_losses(config.loss, d_real, disc(fake.detach()))
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            d_fake = disc(fake)
+            loss_g = generator_loss(config.loss, d_fake)
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            with torch.no_grad():
+                sums += torch.stack([loss_d, loss_g, d_real.mean(), d_fake.mean()]).detach()
+            done = epoch * steps_per_epoch + step + 1
+            if (step + 1) % config.log_every == 0 or step + 1 == steps_per_epoch:
+                if not torch.isfinite(sums).all():
+                    raise FloatingPointError(f"the GAN losses became NaN/inf at epoch {epoch + 1}; lower lr")
+                d_loss, g_loss = loss_d.item(), loss_g.item()
+                cb.progress(done, total_steps, d_loss=d_loss, g_loss=g_loss)
+        means = (sums / steps_per_epoch).tolist()
+        history.append(
+            {"epoch": epoch + 1, "d_loss": means[0], "g_loss": means[1], "d_real": means[2], "d_fake": means[3]}
+        )
+        cb.log(f"epoch {epoch + 1}/{config.epochs}: d_loss {means[0]:.4f}, g_loss {means[1]:.4f}")
+        _preview(cb, gen, fixed_z)
+        cb.save_checkpoint(
+            {
+                "kind": CHECKPOINT_KIND,
+                "fingerprint": key,
+                "epoch": epoch + 1,
+                "generator": gen.state_dict(),
+                "discriminator": disc.state_dict(),
+                "opt_g": opt_g.state_dict(),
+                "opt_d": opt_d.state_dict(),
+                "history": history,
+            }
+        )
+        if epoch + 1 < config.epochs and cb.should_stop():
+            raise TrainingStopped("DCGAN training", epoch + 1)
+
+    return TrainedGenerator(
+        generator=gen.cpu().eval(),
+        discriminator=disc.cpu().eval(),
+        config=resolved,
+        history=history,
+        seconds=time.monotonic() - started,
+    )
+
+
+def export_dcgan(trained: TrainedGenerator, folder: str | Path) -> dict[str, Path]:
+    """Write the trained generator in the contract (generator.pt + generator.json) into `folder`."""
+    cfg = trained.config
+    extra = {"training": cfg, "history": trained.history}
+    return save_generator(trained.generator, folder, int(cfg["latent_dim"]), str(cfg["prior"]), extra=extra)
