@@ -34,9 +34,11 @@ class ErrorBody(BaseModel):
 
 
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Malformed request: a cursor not handed out, an unstorable value."},
     401: {"model": ErrorBody, "description": "Missing, unknown or revoked API key."},
     404: {"model": ErrorBody, "description": "No such resource for this key."},
     422: {"model": ErrorBody, "description": "Invalid request."},
+    503: {"model": ErrorBody, "description": "The database or the object store is unavailable; try again."},
 }
 
 

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = 5.0
     progress_min_interval_seconds: float = 1.0
     reaper_interval_seconds: float = 15.0
+    requeue_stale_queued_seconds: float = Field(
+        300.0,
+        description="A queued job whose message was sent this long ago and whose broker queue is empty lost its "
+        "message (broker restarted without persistence, worker killed before the claim): the reaper re-sends it.",
+    )
     worker_stale_seconds: int = 120
     max_tasks_per_child: int = 20
     run_reaper: bool = Field(True, description="Run the reaper loop in this worker's main process.")

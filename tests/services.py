@@ -182,8 +182,8 @@ def _clean_pg(url: str) -> None:
 
 def build_stack(name: str, env: dict[str, str], home: Path, monkeypatch: pytest.MonkeyPatch) -> Stack:
     from fastapi.testclient import TestClient
-    from jobs.keys import create_key
 
+    from jobs.keys import create_key
     from jobs.migrate import upgrade
     from jobs.settings import get_settings
 

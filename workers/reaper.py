@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 
-from jobs.broker import enqueue
+from jobs.broker import enqueue, queue_size
 from jobs.db import session_scope
 from jobs.models import Job, JobEvent
 from jobs.settings import Settings, get_settings
@@ -32,7 +32,7 @@ class ReapReport:
 
 
 def reap_once(settings: Settings | None = None) -> ReapReport:
-    """One pass: expired leases, then queued jobs whose message was never sent."""
+    """One pass: expired leases, then queued jobs whose message was never sent or was lost."""
     settings = settings or get_settings()
     db = settings.resolved_database_url
     report = ReapReport()
@@ -42,17 +42,22 @@ def reap_once(settings: Settings | None = None) -> ReapReport:
             s.add(JobEvent(job_id=job_id, type="status", message="requeued by the reaper: lease expired"))
         for job_id in report.failed:
             s.add(JobEvent(job_id=job_id, type="error", message="failed by the reaper: attempts spent"))
-    cutoff = utcnow() - timedelta(seconds=UNSENT_GRACE_SECONDS)
+    now = utcnow()
+    cutoff = now - timedelta(seconds=UNSENT_GRACE_SECONDS)
+    stale = now - timedelta(seconds=settings.requeue_stale_queued_seconds)
+    lost = queues_that_lost_messages(db, stale)
     with session_scope(db) as s:
         unsent = s.execute(
-            select(Job.id, Job.kind, Job.queue).where(
+            select(Job.id, Job.kind, Job.queue, Job.priority).where(
                 Job.status == JobStatus.QUEUED,
-                (Job.enqueued_at.is_(None) & (Job.created_at < cutoff)) | Job.id.in_(report.requeued),
+                (Job.enqueued_at.is_(None) & (Job.created_at < cutoff))
+                | Job.id.in_(report.requeued)
+                | (Job.queue.in_(lost) & (Job.enqueued_at < stale)),
             )
         ).all()
-    for job_id, kind, queue in unsent:
+    for job_id, kind, queue, priority in unsent:
         try:
-            enqueue(job_id, kind, queue)
+            enqueue(job_id, kind, queue, priority)
         except Exception:
             log.exception("reaper could not send job %s; will try again", job_id)
             continue
@@ -62,6 +67,29 @@ def reap_once(settings: Settings | None = None) -> ReapReport:
     if report.requeued or report.failed or report.resent:
         log.info("reaper: requeued %s, failed %s, re-sent %s", report.requeued, report.failed, report.resent)
     return report
+
+
+def queues_that_lost_messages(db: str, stale_before: datetime) -> list[str]:
+    """Queues whose broker list is empty although a job in them was sent before `stale_before` and is still queued.
+
+    A worker takes a message and claims its job within moments, so such a job's message is gone: the
+    broker restarted without persistence, or a worker died between receiving it and the claim (an
+    unacked message comes back only after the visibility timeout). Re-sending it is safe: the claim is
+    a compare-and-swap, so a duplicate message is dropped. A queue that still holds messages is left
+    alone, so a long backlog is not flooded with duplicates.
+    """
+    with session_scope(db) as s:
+        queues = s.scalars(
+            select(Job.queue).where(Job.status == JobStatus.QUEUED, Job.enqueued_at < stale_before).distinct()
+        ).all()
+    lost: list[str] = []
+    for queue in queues:
+        try:
+            if queue_size(queue) == 0:
+                lost.append(queue)
+        except Exception as exc:
+            log.warning("reaper could not count the messages of queue %s (%s); will look again", queue, exc)
+    return lost
 
 
 class ReaperThread(threading.Thread):

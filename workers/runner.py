@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
 
 from jobs.broker import enqueue
 from jobs.db import session_scope
@@ -118,7 +119,8 @@ def execute(
         result = load_runner(spec)(ctx)
     except Preempted:
         return _stopped(ctx, db, spec.name)
-    except TransientError as exc:
+    except (TransientError, OperationalError) as exc:
+        # A store outage, or the database dropping the connection under a write: not the job's fault.
         return _transient(ctx, db, exc)
     except Exception as exc:
         if ctx.lease_lost:

@@ -1,0 +1,58 @@
+"""A job whose own work goes wrong (a NaN loss, data it may not read) fails at once and is not retried.
+
+tests/platform/test_worker.py covers a runner that raises; these go through a real training kind and
+a worker-side input check, and watch long enough to see that nothing requeues the job.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.api.factories import make_zip, orl_files, upload
+from tests.fault.support import FAST_LEASES, events, job_row, run_starts, submit, wait_row
+from tests.services import Stack
+
+# Seeded, and measured to blow up: SGD at lr 10 with heavy momentum and weight decay on a tiny
+# iresnet18 reaches a NaN ArcFace loss within the first epoch on builtin:digits.
+DIVERGING = {
+    "dataset": "builtin:digits", "backbone": "iresnet18", "base_width": 4, "embedding_size": 8, "image_size": 16,
+    "optimizer": "sgd", "lr": 10.0, "momentum": 0.99, "weight_decay": 1.0, "loss_lr_multiplier": 100.0,
+    "scale": 1024.0, "margin": 89.0, "schedule": "constant", "epochs": 3, "batch_size": 8,
+    "max_train_samples": 128, "folds": 2, "max_pairs": 10,
+}  # fmt: skip
+WATCH_SECONDS = 3.0  # three reaper passes with the fast leases
+
+
+def assert_stays_failed(stack: Stack, job_id: str) -> None:
+    time.sleep(WATCH_SECONDS)
+    job = job_row(stack, job_id)
+    assert (job.status, job.attempt, job.reaped) == ("failed", 1, 0)
+    assert len(run_starts(stack, job_id)) == 1
+
+
+@pytest.mark.fault
+@pytest.mark.slow
+def test_nan_loss_and_foreign_data_fail_once_with_their_error(services_stack: Stack, orl_dir: Path) -> None:
+    stack = services_stack
+    nan_job = submit(stack, DIVERGING, kind="train_embedding", max_attempts=3)
+    # Bad data: a dataset id that exists, but belongs to another key (the API checks only the shape).
+    theirs = upload(stack.other, "/datasets", "faces.zip", make_zip(orl_files(orl_dir, ids=("s1", "s2"), per_id=2)))
+    assert theirs.status_code == 201, theirs.text
+    foreign_job = submit(stack, {**DIVERGING, "dataset": f"dataset:{theirs.json()['id']}"}, kind="train_embedding")
+    stack.start_worker(extra_env=FAST_LEASES)
+
+    job = wait_row(stack, nan_job, lambda j: j.status in ("succeeded", "failed"), timeout=120)
+    assert job.status == "failed"
+    error = job.error or ""
+    assert error.startswith("FloatingPointError: the ArcFace loss became nan at epoch 1; lower lr\n"), error
+    assert "Traceback (most recent call last)" in error and "train_embedding" in error  # the traceback's tail
+    assert [e.message for e in events(stack, nan_job) if e.type == "error"] == [error]
+    assert_stays_failed(stack, nan_job)
+
+    job = wait_row(stack, foreign_job, lambda j: j.status in ("succeeded", "failed"), timeout=60)
+    assert (job.status, job.error) == ("failed", f"dataset {theirs.json()['id']} not found")
+    assert_stays_failed(stack, foreign_job)
+    assert stack.other.get(f"/datasets/{theirs.json()['id']}").status_code == 200  # their dataset is untouched
