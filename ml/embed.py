@@ -36,12 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.align import ALIGN_SIZES, AlignError, align_faces
+from ml.align import ALIGN_SIZES, AlignError
 from ml.callbacks import Callbacks, LocalCallbacks
-from ml.embed_detect import DetectorSettings, DetectorSettingsError, FaceDetector
+from ml.embed_detect import DetectorSettings, DetectorSettingsError, FaceDetector, make_detector
 from ml.embed_io import DecodeLimits, Failure, decode_bytes
 from ml.embed_models import FaceModel
-from ml.embed_pipeline import ChunkOutput, FaceRecord, Pipeline, PipelineConfig
+from ml.embed_pipeline import ChunkOutput, FaceRecord, Pipeline, PipelineConfig, face_crops
 from ml.warp import SPACES
 
 CHECKPOINT_KIND = "embed"
@@ -229,7 +229,7 @@ def embed_dataset(
     cb: Callbacks = callbacks if callbacks is not None else LocalCallbacks()
     device = torch.device(device)
     model.to(device)
-    detector = detector or FaceDetector(settings.detector, device)
+    detector = detector or make_detector(settings.detector, device)
     cfg = settings.pipeline_config(model)
     fingerprint = _fingerprint(files, model, settings)
     n = len(files)
@@ -304,7 +304,7 @@ def embed_image(
         settings = replace(settings, detector=detector.settings)
     device = torch.device(device)
     model.to(device)
-    detector = detector or FaceDetector(settings.detector, device)
+    detector = detector or make_detector(settings.detector, device)
     cfg = settings.pipeline_config(model)
     decoded = decode_bytes(key, data, None, settings.limits)
     if isinstance(decoded, Failure):
@@ -317,13 +317,7 @@ def embed_image(
         return Failure(key, "no_face", "MTCNN found no face")
     face = faces[0]
     try:
-        crop = align_faces(
-            prep.image,
-            torch.from_numpy(face.landmarks[None]),
-            cfg.align_size,
-            cfg.warp,
-            cfg.keep_aspect_ratio,
-        )
+        crop = face_crops(detector, model, prep, [face], cfg)
     except AlignError as exc:
         return Failure(key, "no_face", str(exc))
     emb = model.embed(crop, cfg.flip_tta)[0].cpu().numpy()

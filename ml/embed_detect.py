@@ -6,6 +6,10 @@ shorter side is under `upscale_below` (small images such as ORL's 92x112 crops),
 into `detect_size` x `detect_size` so images of any size share batches. Boxes and landmarks are
 mapped back to the original image's pixel units (pixel k's centre at k) with the exact per-axis
 scale, so they stay floats; `detect` returns the faces of each image, largest first.
+
+`method="none"` (`WholeImageDetector`) skips detection for pre-cropped or pre-aligned images
+(digits, aligned face crops): each image is one "face" covering it whole, resized to the model's
+input instead of aligned, with NaN landmarks and probability 1. `make_detector` picks the class.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class DetectorSettings:
         min_face_size: smallest face searched for, in detection-image pixels.
         thresholds: P-, R- and O-net score thresholds.
         factor: scale step of the image pyramid.
+        method: "mtcnn" detects faces; "none" takes every image whole (see `WholeImageDetector`).
         faces: "largest" keeps one face per image (the largest box), "all" keeps every face.
         upscale_below: images whose shorter side is under this are upscaled to it before detection
             (0: never).
@@ -45,6 +50,7 @@ class DetectorSettings:
     upscale_below: int = 0
     detect_size: int | None = None
     batch_size: int = 32
+    method: Literal["mtcnn", "none"] = "mtcnn"
 
     def validate(self) -> None:
         problems = []
@@ -58,6 +64,8 @@ class DetectorSettings:
             problems.append(f"faces must be 'largest' or 'all', got {self.faces!r}")
         if self.detect_size is not None and self.detect_size < self.min_face_size:
             problems.append(f"detect_size {self.detect_size} is under min_face_size {self.min_face_size}")
+        if self.method not in ("mtcnn", "none"):
+            problems.append(f"method must be 'mtcnn' or 'none', got {self.method!r}")
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if problems:
@@ -88,6 +96,8 @@ class Prepared:
 
 class FaceDetector:
     """facenet-pytorch's MTCNN (weights ship in its wheel) with size handling and batching."""
+
+    whole_image = False  # True: faces are whole images, resized rather than aligned
 
     def __init__(self, settings: DetectorSettings, device: torch.device | str = "cpu") -> None:
         from facenet_pytorch import MTCNN
@@ -162,3 +172,38 @@ class FaceDetector:
                     faces = faces[:1]  # MTCNN(select_largest=True) sorts by box area, largest first
             out.append(faces)
         return out
+
+
+class WholeImageDetector(FaceDetector):
+    """No detection: every image is one face covering all of it (`DetectorSettings.method == "none"`).
+
+    The pipeline resizes such a "face" to the model's input instead of aligning it; the landmarks
+    are NaN (there are none) and the probability is 1.
+    """
+
+    whole_image = True
+
+    def __init__(self, settings: DetectorSettings, device: torch.device | str = "cpu") -> None:
+        settings.validate()
+        self.settings = settings
+        self.device = torch.device(device)
+
+    def prepare(self, rgb: np.ndarray) -> Prepared | str:
+        # Every image shares one (dummy) detection size, so the caller batches them all together.
+        image = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float().div(255.0).contiguous()
+        return Prepared(image, torch.zeros(1, 1, 3, device=self.device), (1.0, 1.0))
+
+    def detect(self, batch: list[Prepared]) -> list[list[Detection]]:
+        out = []
+        for p in batch:
+            h, w = p.image.shape[1:]
+            box = np.array([0.0, 0.0, w - 1.0, h - 1.0])
+            out.append([Detection(box, 1.0, np.full((5, 2), np.nan))])
+        return out
+
+
+def make_detector(settings: DetectorSettings, device: torch.device | str = "cpu") -> FaceDetector:
+    """The detector `settings.method` names: MTCNN, or the whole image for "none"."""
+    if settings.method == "none":
+        return WholeImageDetector(settings, device)
+    return FaceDetector(settings, device)

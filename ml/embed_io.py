@@ -134,3 +134,31 @@ def decode_bytes(key: str, data: bytes | None, path: Path | None, limits: Decode
 def decode_file(key: str, path: Path, limits: DecodeLimits) -> np.ndarray | Failure:
     """`decode_bytes` of a file on disk."""
     return decode_bytes(key, None, path, limits)
+
+
+def write_builtin_images(ref: str, dest: str | Path, folder: str | Path | None = None) -> Path:
+    """Write a built-in dataset ("builtin:digits", "builtin:mnist") as PNGs `<label>/<index>.png` under `dest`.
+
+    Bulk embedding reads files; a built-in lives in memory (`ml.data.load_dataset`), so it is
+    written out once (grey, 8-bit, at its native loading size: digits 32x32, MNIST 28x28) and the
+    keys carry the labels. `folder` is MNIST's IDX folder. Idempotent: a finished folder is reused.
+    """
+    import torch
+
+    from ml.data import load_dataset
+
+    dest = Path(dest) / ref.replace(":", "-")
+    done = dest / ".complete"
+    if done.exists():
+        return dest
+    ds = load_dataset(ref, folder)
+    pixels = (ds.images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    width = len(str(len(ds)))
+    for i in range(len(ds)):
+        label = ds.class_names[int(ds.labels[i])]
+        path = dest / label / f"{i:0{width}d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img = pixels[i, 0] if pixels.shape[1] == 1 else pixels[i].transpose(1, 2, 0)
+        Image.fromarray(img).save(path)
+    done.write_text("ok")
+    return dest

@@ -27,11 +27,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ml.align import AlignError, align_faces
 from ml.embed_detect import Detection, FaceDetector, Prepared
 from ml.embed_io import DecodeLimits, Failure, decode_file
 from ml.embed_models import FaceModel
+from ml.embedding_model import apply_warp
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,27 @@ class _Accumulator:
     pending: int = 0
     embeddings: list[torch.Tensor] = field(default_factory=list)
     failures: list[tuple[int, Failure]] = field(default_factory=list)
+
+
+def face_crops(
+    detector: FaceDetector, model: FaceModel, prep: Prepared, faces: list[Detection], cfg: PipelineConfig
+) -> torch.Tensor:
+    """The crops (F, 3, S, S) in [0, 1] the model embeds: aligned faces, or the whole image resized.
+
+    A whole image (detector method "none") goes to the model's input size as training fed it:
+    resized, then warped into the model's space.
+
+    Raises:
+        AlignError: landmarks that give no usable similarity transform.
+    """
+    if detector.whole_image:
+        x = prep.image.unsqueeze(0)
+        size = tuple(model.input_size)
+        if tuple(x.shape[2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+        return apply_warp(x, cfg.warp).expand(len(faces), -1, -1, -1)
+    lm = torch.from_numpy(np.stack([f.landmarks for f in faces]))
+    return align_faces(prep.image, lm, cfg.align_size, cfg.warp, cfg.keep_aspect_ratio)
 
 
 def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
@@ -154,9 +177,8 @@ class Pipeline:
             if not faces:
                 _put(q, ("fail", chunk, i, Failure(key, "no_face", "MTCNN found no face")), stop)
                 continue
-            lm = torch.from_numpy(np.stack([f.landmarks for f in faces]))
             try:
-                crop = align_faces(prep.image, lm, cfg.align_size, cfg.warp, cfg.keep_aspect_ratio)
+                crop = face_crops(self.detector, self.model, prep, faces, cfg)
             except AlignError as exc:
                 _put(q, ("fail", chunk, i, Failure(key, "no_face", str(exc))), stop)
                 continue

@@ -11,13 +11,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from jobs.kindspec import KindSpec
 
-DATASET_REF_PATTERN = r"^dataset:[A-Za-z0-9_-]{1,64}$"
+DATASET_REF_PATTERN = r"^(builtin:(digits|mnist)|dataset:[A-Za-z0-9_-]{1,64})$"
 # "facenet:<weights>" (InceptionResnetV1) or "job:<id>" (a train_embedding job's backbone).
 EMBED_MODEL_PATTERN = r"^(facenet:(vggface2|casia-webface)|job:[A-Za-z0-9_-]{1,64})$"
 WEIGHTS_REF_PATTERN = r"^model:[A-Za-z0-9_-]{1,64}$"
 WARP_SPACES = Literal["none", "roi_tanh", "roi_tanh_polar", "roi_tanh_circular"]
 MAX_VERIFY_IMAGE_BYTES = 8 * 1024 * 1024
 _DATASET_KEY = re.compile(r"^(dataset:[A-Za-z0-9_-]{1,64})/(.+)$")
+# An image POST /verify received and stored under the job's prefix (jobs/<id>/inputs/<name>).
+INPUT_NAMES = ("image_a", "image_b")
+_INPUT_REF = re.compile(r"^input:(image_a|image_b)$")
 
 
 class _ModelChoice(BaseModel):
@@ -37,6 +40,11 @@ class _ModelChoice(BaseModel):
         description='FaceNet only: "model:<id>" of the uploaded InceptionResnetV1 weights '
         "(facenet-pytorch's 20180402-114759-vggface2.pt or 20180408-102900-casia-webface.pt). None "
         "downloads them, which fails on a worker without internet.",
+    )
+    detector: Literal["mtcnn", "none"] = Field(
+        "mtcnn",
+        description='"mtcnn": detect and align faces; "none": the images are already cropped or aligned '
+        "(digits, aligned face crops): each is used whole, resized to the model's input.",
     )
     min_face_size: int = Field(20, ge=12, le=2000, description="MTCNN: smallest face looked for, in pixels.")
     upscale_below: int = Field(
@@ -63,7 +71,10 @@ class _Dataset(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field(
-        ..., pattern=DATASET_REF_PATTERN, description='"dataset:<id>": images in nested folders, any sizes.'
+        ...,
+        pattern=DATASET_REF_PATTERN,
+        description='"dataset:<id>": images in nested folders, any sizes; or "builtin:digits" / '
+        '"builtin:mnist" (with detector "none": not photos of faces).',
     )
 
 
@@ -114,13 +125,23 @@ class EmbedParams(_ModelChoice, _Dataset):
             raise ValueError("each MTCNN threshold must be in (0, 1)")
         return v
 
+    @model_validator(mode="after")
+    def _builtins_are_not_photos(self) -> Self:
+        if self.dataset.startswith("builtin:") and self.detector != "none":
+            raise ValueError(f'{self.dataset} holds no photos of faces: use detector "none" (images used whole)')
+        return self
+
 
 def parse_image_ref(value: str) -> tuple[str, str] | bytes:
-    """("dataset:<id>", relative key) for a dataset image, or the decoded bytes of base64 / a data URL.
+    """("dataset:<id>", relative key) for a dataset image, ("input", name) for an image `POST /verify`
+    stored with the job, or the decoded bytes of base64 / a data URL.
 
     Raises:
         ValueError: a key that leaves its dataset, bad base64, or more than `MAX_VERIFY_IMAGE_BYTES`.
     """
+    inp = _INPUT_REF.match(value)
+    if inp is not None:
+        return "input", inp.group(1)
     m = _DATASET_KEY.match(value)
     if m is not None:
         key = m.group(2)
@@ -147,7 +168,8 @@ class _ImagePair(BaseModel):
         ...,
         min_length=1,
         max_length=MAX_VERIFY_IMAGE_BYTES * 4 // 3 + 64,
-        description='Base64 PNG/JPEG bytes (or a data URL), or "dataset:<id>/<path in the dataset>".',
+        description='Base64 PNG/JPEG bytes (or a data URL), "dataset:<id>/<path in the dataset>", or '
+        '"input:image_a" (an image POST /verify stored with the job).',
     )
     image_b: str = Field(
         ...,

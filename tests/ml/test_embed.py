@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
+import functools
 import io
 import json
 import shutil
 import struct
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -204,39 +207,22 @@ def test_a_checkpoint_of_other_settings_is_refused(orl_dir: Path, tmp_path: Path
 # -- ORL: every image one face, trained model separates identities ------------------------------
 
 
-@pytest.fixture(scope="module")
-def orl_detected(orl_dir: Path) -> tuple[list[tuple[str, Path]], EmbedResult]:
+def detect_orl(orl_dir: Path) -> tuple[list[tuple[str, Path]], EmbedResult]:
     """Pass 1 over the 300 ORL images with every face kept: the landmarks to train on."""
     files = list_files(orl_dir)
     settings = EmbedSettings(detector=DetectorSettings(min_face_size=40, batch_size=50, faces="all"), flip_tta=False)
     return files, embed_dataset(files, tiny_model(), settings)
 
 
-@pytest.mark.slow
-def test_every_orl_image_gives_exactly_one_face(
-    orl_detected: tuple[list[tuple[str, Path]], EmbedResult],
-) -> None:
-    files, result = orl_detected
-    keys = [r["key"] for r in result.index]
-    assert len(files) == 300 and result.failures == []
-    assert len(keys) == 300 and len(set(keys)) == 300 and {r["face"] for r in result.index} == {0}
-    assert min(r["prob"] for r in result.index) > 0.95
-
-
-@pytest.fixture(scope="module")
-def orl_model(
-    orl_dir: Path,
-    orl_detected: tuple[list[tuple[str, Path]], EmbedResult],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[Path, TrainedEmbedding]:
-    """se_resnet18 (width 8, 40x40 grey) trained with ArcFace on aligned faces of 20 ORL people.
+def train_orl_model(orl_dir: Path, detected: EmbedResult, folder: Path) -> TrainedEmbedding:
+    """se_resnet18 (width 8, 40x40 grey) trained with ArcFace on aligned faces of 20 ORL people, saved
+    in `folder` as a train_embedding job stores it (backbone.pt, arcface.pt, config.json, metrics.json).
 
     One torch thread: the numbers below were measured so, and a shared 2-core machine trains this
     small network several times faster without OpenMP threads waiting on each other.
     """
-    _, result = orl_detected
     crops, labels, names = [], [], []
-    for row in result.index:
+    for row in detected.index:
         rgb = np.array(Image.open(orl_dir / row["key"]).convert("RGB"))
         img = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
         lm = torch.tensor([[[row[f"lm{i}_x"], row[f"lm{i}_y"]] for i in range(5)]])
@@ -268,10 +254,46 @@ def orl_model(
         trained = train_embedding(data, config, LocalCallbacks())
     finally:
         torch.set_num_threads(threads)
-    folder = tmp_path_factory.mktemp("orl_model")
     save_trained(folder, trained.backbone, trained.arcface_weight, trained.config, trained.class_names)
     (folder / "metrics.json").write_text(json.dumps(trained.metrics))
-    return folder, trained
+    return trained
+
+
+@functools.cache
+def orl_model_folder(orl_dir: Path) -> tuple[Path, tuple[str, ...]]:
+    """`train_orl_model` once per test process (the API and platform tests share it): its folder and
+    the people it was trained on (the other 10 are unseen)."""
+    folder = Path(tempfile.mkdtemp(prefix="orl-model-"))
+    atexit.register(shutil.rmtree, folder, True)
+    _, detected = detect_orl(orl_dir)
+    trained = train_orl_model(orl_dir, detected, folder)
+    return folder, tuple(trained.class_names)
+
+
+@pytest.fixture(scope="module")
+def orl_detected(orl_dir: Path) -> tuple[list[tuple[str, Path]], EmbedResult]:
+    return detect_orl(orl_dir)
+
+
+@pytest.mark.slow
+def test_every_orl_image_gives_exactly_one_face(
+    orl_detected: tuple[list[tuple[str, Path]], EmbedResult],
+) -> None:
+    files, result = orl_detected
+    keys = [r["key"] for r in result.index]
+    assert len(files) == 300 and result.failures == []
+    assert len(keys) == 300 and len(set(keys)) == 300 and {r["face"] for r in result.index} == {0}
+    assert min(r["prob"] for r in result.index) > 0.95
+
+
+@pytest.fixture(scope="module")
+def orl_model(
+    orl_dir: Path,
+    orl_detected: tuple[list[tuple[str, Path]], EmbedResult],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, TrainedEmbedding]:
+    folder = tmp_path_factory.mktemp("orl_model")
+    return folder, train_orl_model(orl_dir, orl_detected[1], folder)
 
 
 @pytest.mark.slow

@@ -7,13 +7,20 @@ import io
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from jobs.params.embed import EmbedParams, VerifyParams, parse_image_ref
 from ml.align import align_faces, template, transform_points, umeyama
-from ml.embed_models import ModelLoadError, WeightsUnavailableError, load_facenet
+from ml.backbones import create_backbone
+from ml.embed import EmbedSettings, embed_dataset, embed_image
+from ml.embed_detect import DetectorSettings
+from ml.embed_io import list_files, write_builtin_images
+from ml.embed_models import FaceModel, ModelLoadError, WeightsUnavailableError, load_facenet
+from ml.embedding_model import Normalization
 
 
 def _encode(img: Image.Image, fmt: str) -> bytes:
@@ -127,3 +134,35 @@ def test_params_validate_model_refs_and_images() -> None:
     for bad in ("dataset:d1/../etc/passwd", "dataset:d1//x", "not base64 !", ""):
         with pytest.raises(ValueError):
             VerifyParams(image_a=bad, image_b=b64)
+    assert parse_image_ref("input:image_b") == ("input", "image_b")
+    with pytest.raises(ValueError):
+        VerifyParams(image_a="input:other", image_b=b64, model="job:j1")
+
+
+def test_a_builtin_dataset_is_embedded_whole_without_detection(tmp_path: Path) -> None:
+    """The demo's embed params: builtin:digits, detector none -> every digit one row, embedded whole."""
+    p = EmbedParams.model_validate({"dataset": "builtin:digits", "model": "job:j1", "detector": "none"})
+    assert (p.dataset, p.detector) == ("builtin:digits", "none")
+    with pytest.raises(ValueError, match='use detector "none"'):
+        EmbedParams(dataset="builtin:digits", model="job:j1")
+
+    files = list_files(write_builtin_images("builtin:digits", tmp_path))
+    assert len(files) == 1797 and files[0][0] == "0/0000.png"
+    assert {k.split("/")[0] for k, _ in files} == {str(d) for d in range(10)}
+    torch.manual_seed(0)
+    net = create_backbone("se_resnet18", embedding_size=16, in_channels=1, input_size=24, base_width=4).eval()
+    model = FaceModel(net, "tiny", (24, 24), 1, Normalization.uniform(1), 112, "none", 16)
+    some = files[::60]
+    settings = EmbedSettings(detector=DetectorSettings(method="none"), flip_tta=False, chunk_size=10)
+    result = embed_dataset(some, model, settings)
+    assert result.failures == [] and [r["key"] for r in result.index] == [k for k, _ in some]
+    row = result.index[0]
+    assert (row["x1"], row["y1"], row["x2"], row["y2"], row["prob"]) == (0.0, 0.0, 31.0, 31.0, 1.0)
+    assert math.isnan(row["lm0_x"]) and result.config["settings"]["detector"]["method"] == "none"
+    # Each embedding is the model on the whole 32x32 digit resized to its 24x24 input.
+    x = torch.from_numpy(np.array(Image.open(some[3][1]).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
+    expected = model.embed(F.interpolate(x, size=(24, 24), mode="bilinear", antialias=True))
+    np.testing.assert_allclose(result.embeddings[3], expected[0].numpy(), atol=1e-5)
+    # Verification takes the same path: one image in, its bulk embedding out.
+    emb, _ = embed_image(some[3][1].read_bytes(), model, settings)  # type: ignore[misc]
+    np.testing.assert_allclose(emb, result.embeddings[3], atol=1e-5)

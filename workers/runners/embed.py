@@ -34,6 +34,7 @@ def _detector_settings(p: Any, faces: str) -> Any:
         upscale_below=p.upscale_below,
         detect_size=getattr(p, "detect_size", None),
         batch_size=getattr(p, "detect_batch_size", 32),
+        method=p.detector,
     )
 
 
@@ -58,7 +59,13 @@ def run_embed(ctx: Any) -> dict[str, Any]:
         settings.validate()  # before anything is fetched: bad params fail in a second
     except EmbedSettingsError as exc:
         raise JobInputError(str(exc)) from exc
-    files = list_files(Path(ctx.open_dataset(p.dataset)))
+    if p.dataset.startswith("builtin:"):
+        from ml.embed_io import write_builtin_images
+
+        folder = Path(ctx.open_dataset(p.dataset)) if p.dataset == "builtin:mnist" else None
+        files = list_files(write_builtin_images(p.dataset, Path(ctx.workdir) / "builtin", folder))
+    else:
+        files = list_files(Path(ctx.open_dataset(p.dataset)))
     if not files:
         raise JobInputError(f"{p.dataset} holds no files")
     model = _load_model(ctx, p.model, p.weights)
@@ -92,6 +99,16 @@ def _image_bytes(ctx: Any, ref: str, name: str) -> bytes:
     if isinstance(parsed, bytes):
         return parsed
     dataset, key = parsed
+    if dataset == "input":
+        from jobs.store import ObjectMissing
+
+        try:
+            data: bytes = ctx.store.get_bytes(f"jobs/{ctx.job_id}/inputs/{key}")
+        except ObjectMissing:
+            raise JobInputError(f"{name}: this job has no stored input {key!r} (POST /verify stores them)") from None
+        if len(data) > MAX_VERIFY_IMAGE_BYTES:
+            raise JobInputError(f"{name}: the stored image is over {MAX_VERIFY_IMAGE_BYTES} bytes")
+        return data
     root = Path(ctx.open_dataset(dataset)).resolve()
     path = (root / key).resolve()
     if not path.is_relative_to(root) or not path.is_file():
@@ -106,7 +123,7 @@ def run_verify(ctx: Any) -> dict[str, Any]:
     import numpy as np
 
     from ml.embed import EmbedSettings, embed_image
-    from ml.embed_detect import FaceDetector
+    from ml.embed_detect import make_detector
     from ml.embed_io import DecodeLimits, Failure
 
     p = ctx.params
@@ -126,7 +143,7 @@ def run_verify(ctx: Any) -> dict[str, Any]:
         flip_tta=p.flip_tta,
         limits=DecodeLimits(max_file_bytes=MAX_VERIFY_IMAGE_BYTES),
     )
-    detector = FaceDetector(settings.detector, ctx.device)
+    detector = make_detector(settings.detector, ctx.device)
     embeddings, faces = [], {}
     for name in ("image_a", "image_b"):
         data = _image_bytes(ctx, getattr(p, name), name)
