@@ -260,6 +260,39 @@ class Client:
         result: dict[str, Any] = self._json("GET", f"/models/{quote(model_id, safe='')}")
         return result
 
+    def verify(
+        self,
+        image_a: Path | str,
+        image_b: Path | str,
+        model: str,
+        timeout: float | None = None,
+        **params: Any,
+    ) -> dict[str, Any]:
+        """Are the faces of two images the same person? `POST /verify`, waiting up to `timeout` s (server default 30).
+
+        Each image is a local file path, or a "dataset:<id>/<path>" string naming one of your dataset's
+        images. Returns the result (`same`, `distance`, `threshold`, ...), or `{"job_id", "status",
+        "message"}` (HTTP 202) when the job did not finish in time: `wait(job_id)` then has it.
+        Extra `params` (threshold, weights, detector, min_face_size, flip_tta...) go as form fields.
+        """
+        import contextlib
+
+        fields = {"model": model, **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items()}}
+        with contextlib.ExitStack() as stack:
+            files: dict[str, Any] = {}
+            for name, image in (("image_a", image_a), ("image_b", image_b)):
+                if isinstance(image, str) and image.startswith("dataset:"):
+                    files[name] = (None, image)  # a plain form field, still sent as multipart
+                else:
+                    path = Path(image)
+                    files[name] = (path.name, stack.enter_context(path.open("rb")), "application/octet-stream")
+            query = self._params(timeout=timeout)
+            # The server waits up to `timeout`, then answers: give our own client that much longer.
+            extra = {"timeout": (timeout if timeout is not None else 30.0) + self.timeout} if self._owns_http else {}
+            resp = self._request("POST", "/verify", ok=(200, 202), data=fields, files=files, params=query, **extra)
+        result: dict[str, Any] = resp.json()
+        return result
+
     def workers(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._json("GET", "/workers")
         return result

@@ -218,3 +218,37 @@ class Readiness(BaseModel):
 
     status: Literal["ok", "unavailable"]
     components: dict[str, ComponentStatus]
+
+
+# ---- verify -----------------------------------------------------------------------------------
+class VerifyFace(BaseModel):
+    """The face found in one image: box in its pixels, detection probability, image size."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    prob: float
+    image_width: int
+    image_height: int
+
+
+class VerifyResult(BaseModel):
+    """Two faces compared: cosine distance against the model's threshold."""
+
+    job_id: str = Field(description="The `verify` job that computed this (GET /jobs/{id} shows it too).")
+    same: bool = Field(description="distance <= threshold: the same person.")
+    distance: float = Field(description="Cosine distance 1 - similarity, in [0, 2].")
+    similarity: float = Field(description="Cosine similarity of the two L2-normalised embeddings.")
+    threshold: float = Field(description="Cosine distance at or under which two faces are the same person.")
+    threshold_source: str = Field(description='"model metrics" (1 - the evaluated similarity threshold) or "params".')
+    model: str
+    faces: dict[str, VerifyFace] = Field(description="image_a and image_b: the face each image gave.")
+
+
+class VerifyPending(BaseModel):
+    """The `verify` job did not finish within the timeout: poll GET /jobs/{job_id} for its result."""
+
+    job_id: str
+    status: str
+    message: str

@@ -1,0 +1,242 @@
+"""`POST /verify`: are two face images the same person? Runs a `verify` job and waits for it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+from celery import Celery
+from fastapi import Query, Request, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import CeleryDep, CurrentKey, SessionDep, SettingsDep, StoreDep
+from api.errors import ApiError, NotFound, PayloadTooLarge
+from api.images import BadImage, check_image
+from api.ingest import commit_or_undo, put_all
+from api.routes import keyed_router
+from api.routes.jobs import send
+from api.routes.uploading import multipart_body, upload_dir
+from api.schemas import ErrorBody, VerifyPending, VerifyResult
+from api.uploads import ReceivedFile, receive_multipart
+from jobs.kinds import get_kind, validate_params
+from jobs.models import ApiKey, Dataset, Job, JobEvent, Model, new_id
+from jobs.params.embed import INPUT_NAMES, MAX_VERIFY_IMAGE_BYTES, VerifyParams
+from jobs.settings import Settings
+from jobs.states import JobStatus, utcnow
+from jobs.store import Store, join_key
+
+router = keyed_router("/verify", "verify")
+DEFAULT_TIMEOUT_S = 30.0
+MAX_TIMEOUT_S = 120.0
+_DATASET_IMAGE = re.compile(r"^dataset:([A-Za-z0-9_-]{1,64})/(.+)$")
+_JOB_MODEL = re.compile(r"^job:([A-Za-z0-9_-]{1,64})$")
+_WEIGHTS_MODEL = re.compile(r"^model:([A-Za-z0-9_-]{1,64})$")
+# Form fields besides the two images: the verify kind's params (strings, coerced by its model).
+PARAM_FIELDS = frozenset(VerifyParams.model_fields) - set(INPUT_NAMES)
+_IMAGE_FIELD = {
+    "description": "The image file (PNG, JPEG, PGM, BMP, GIF, TIFF, WebP; at most 8 MiB), or the text "
+    '"dataset:<id>/<path in the dataset>" of one of your dataset\'s images.',
+    "oneOf": [{"type": "string", "format": "binary"}, {"type": "string", "pattern": _DATASET_IMAGE.pattern}],
+}
+FORM = multipart_body(
+    {
+        "image_a": _IMAGE_FIELD,
+        "image_b": {**_IMAGE_FIELD, "description": "The second image, as image_a."},
+        "model": {
+            "type": "string",
+            "description": '"job:<id>" of your succeeded train_embedding job (its evaluated threshold is used), '
+            'or "facenet:vggface2" / "facenet:casia-webface" with weights and threshold.',
+        },
+        "weights": {"type": "string", "description": 'FaceNet only: "model:<id>" of your uploaded weights.'},
+        "threshold": {
+            "type": "number",
+            "description": "Cosine distance at or under which the faces match (default: the model's own).",
+        },
+        "detector": {"type": "string", "enum": ["mtcnn", "none"], "description": '"none": images are face crops.'},
+        "min_face_size": {"type": "integer"},
+        "upscale_below": {"type": "integer"},
+        "flip_tta": {"type": "boolean"},
+    },
+    ["image_a", "image_b", "model"],
+)
+
+
+def _check_upload(upload: ReceivedFile, name: str, settings: Settings) -> str:
+    if upload.size > MAX_VERIFY_IMAGE_BYTES:
+        limit = MAX_VERIFY_IMAGE_BYTES
+        raise PayloadTooLarge(f"{name} is {upload.size} bytes; at most {limit}", limit)
+    if upload.size == 0:
+        raise ApiError(400, "invalid_image", f"{name} is empty")
+    try:
+        return check_image(upload.path, settings.max_image_pixels)
+    except BadImage as exc:
+        raise ApiError(400, "invalid_image", f"{name}: {exc}", {"field": name}) from None
+
+
+def _check_dataset_image(session: Session, key: ApiKey, name: str, ref: str) -> None:
+    m = _DATASET_IMAGE.match(ref)
+    if m is None:
+        raise ApiError(
+            422, "invalid_image_ref", f'{name}: send an image file, or the text "dataset:<id>/<path>"', {"field": name}
+        )
+    ds = session.scalar(select(Dataset).where(Dataset.id == m.group(1), Dataset.owner_id == key.id))
+    if ds is None:
+        raise NotFound("dataset", m.group(1))
+    if m.group(2) not in set(ds.files.get("keys", [])):
+        raise ApiError(404, "image_not_found", f"{name}: dataset {ds.id} has no image {m.group(2)!r}", {"field": name})
+
+
+def _check_model(session: Session, key: ApiKey, params: VerifyParams) -> None:
+    """The model must be the caller's and usable; another key's reads as unknown (404)."""
+    m = _JOB_MODEL.match(params.model)
+    if m is not None:
+        job = session.scalar(select(Job).where(Job.id == m.group(1), Job.owner_id == key.id))
+        if job is None or job.kind != "train_embedding":
+            raise NotFound("model job", m.group(1))
+        if job.status != JobStatus.SUCCEEDED:
+            raise ApiError(
+                409, "model_not_ready", f"model job {job.id} is {job.status.value}, not succeeded", {"job_id": job.id}
+            )
+        return
+    if params.weights is not None:
+        w = _WEIGHTS_MODEL.match(params.weights)
+        model_id = w.group(1) if w else params.weights
+        row = session.scalar(select(Model).where(Model.id == model_id, Model.owner_id == key.id))
+        if row is None or row.kind != "facenet":
+            raise NotFound("facenet weights", model_id)
+    if params.threshold is None:
+        raise ApiError(
+            422,
+            "threshold_required",
+            f"{params.model} has no evaluation of its own: pass threshold (a cosine distance, e.g. 0.6)",
+        )
+
+
+def _submit(
+    session: Session, store: Store, celery: Celery, settings: Settings, key: ApiKey, files: dict[str, Any],
+    fields: dict[str, str],
+) -> Job:  # fmt: skip
+    """Check everything, store the uploaded images under the job's prefix, create and send the job."""
+    unknown = sorted(set(fields) - PARAM_FIELDS - set(INPUT_NAMES))
+    if unknown:
+        allowed = sorted(PARAM_FIELDS | set(INPUT_NAMES))
+        raise ApiError(422, "unknown_field", f"unknown form field(s): {', '.join(unknown)}", {"allowed": allowed})
+    job_id = new_id()
+    params: dict[str, Any] = {k: v for k, v in fields.items() if k in PARAM_FIELDS}
+    uploads: list[tuple[str, Path, str]] = []
+    for name in INPUT_NAMES:
+        if name in files:
+            ctype = _check_upload(files[name], name, settings)
+            uploads.append((join_key(f"jobs/{job_id}/inputs", name), files[name].path, ctype))
+            params[name] = f"input:{name}"
+        elif name in fields:
+            _check_dataset_image(session, key, name, fields[name].strip())
+            params[name] = fields[name].strip()
+        else:
+            raise ApiError(422, "missing_image", f"send {name} (a file, or dataset:<id>/<path>)", {"field": name})
+    if "model" not in params:
+        raise ApiError(422, "missing_model", 'send model: "job:<id>" of a train_embedding job, or "facenet:<weights>"')
+    validated = validate_params("verify", params)
+    assert isinstance(validated, VerifyParams)
+    _check_model(session, key, validated)
+    stored = validated.model_dump(mode="json")
+    if len(json.dumps(stored)) > settings.max_params_bytes:
+        raise ApiError(413, "params_too_large", f"params are over {settings.max_params_bytes} bytes as JSON")
+    put_all(store, uploads, "images")
+    now = utcnow()
+    job = Job(
+        id=job_id,
+        kind="verify",
+        params=stored,
+        status=JobStatus.QUEUED,
+        priority=0,
+        queue=get_kind("verify").queue,
+        owner_id=key.id,
+        max_attempts=settings.default_max_attempts,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    session.flush()
+    session.add(JobEvent(job_id=job.id, type="status", message="queued (POST /verify)", created_at=now))
+    commit_or_undo(session, store, [k for k, _, _ in uploads])
+    send(session, celery, job)
+    return job
+
+
+def _poll(session: Session, job_id: str) -> tuple[JobStatus, dict[str, Any] | None, str | None]:
+    session.expire_all()
+    job = session.get(Job, job_id)
+    assert job is not None
+    out = (job.status, job.result, job.error)
+    session.commit()  # end the read: no pooled connection is held between polls
+    return out
+
+
+@router.post(
+    "",
+    response_model=VerifyResult,
+    openapi_extra=FORM,
+    responses={
+        202: {"model": VerifyPending, "description": "Not done within the timeout: poll GET /jobs/{job_id}."},
+        400: {"model": ErrorBody, "description": "An image is not decodable or is a decompression bomb."},
+        404: {"model": ErrorBody, "description": "Unknown model, weights, dataset or image (or another key's)."},
+        409: {"model": ErrorBody, "description": "The model's training job has not succeeded."},
+        413: {"model": ErrorBody, "description": "An image is over 8 MiB."},
+        422: {"model": ErrorBody, "description": "Bad params, or the job failed on the images (e.g. no face)."},
+    },
+)
+async def verify(
+    request: Request,
+    key: CurrentKey,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    celery: CeleryDep,
+    timeout: Annotated[
+        float,
+        Query(ge=0, le=MAX_TIMEOUT_S, description=f"Seconds to wait for the answer (at most {MAX_TIMEOUT_S:g})."),
+    ] = DEFAULT_TIMEOUT_S,
+) -> VerifyResult | Response:
+    """Compare the faces of two images with a model: cosine distance, the model's threshold, same or not.
+
+    Send a multipart form with `image_a` and `image_b` (each an image file, or the text
+    `dataset:<id>/<path>` naming an image of one of your datasets) and `model` (`job:<id>` of your
+    succeeded train_embedding job, whose evaluated threshold is used). The largest face of each image
+    is detected (MTCNN), aligned and embedded by a `verify` job on the cpu queue, owned by your key.
+    The answer comes when the job finishes within `timeout` seconds; otherwise 202 with the job's id
+    (GET /jobs/{id} then has the same numbers in `result`). A job that fails on the images (no face
+    found) answers 422 with its error.
+    """
+    session.commit()  # end the key check's read while the images stream in
+    async with upload_dir(settings) as workdir:
+        form = await receive_multipart(request, workdir, 2 * MAX_VERIFY_IMAGE_BYTES, set(INPUT_NAMES))
+        job = await run_in_threadpool(_submit, session, store, celery, settings, key, form.files, form.fields)
+    job_id = job.id
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        status, result, error = await run_in_threadpool(_poll, session, job_id)
+        if status == JobStatus.SUCCEEDED and result is not None:
+            return VerifyResult(job_id=job_id, **result)
+        if status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            first = (error or status.value).strip().splitlines()[0][:500]
+            raise ApiError(422, "verify_failed", f"the verify job {status.value}: {first}", {"job_id": job_id})
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        await asyncio.sleep(min(delay, remaining))
+        delay = min(delay * 2, 0.5)
+    pending = VerifyPending(
+        job_id=job_id,
+        status=status.value,
+        message=f"not finished within {timeout:g} s; GET /jobs/{job_id} has the result when it is done",
+    )
+    headers = {"Location": f"/jobs/{job_id}"}
+    return Response(pending.model_dump_json(), status_code=202, media_type="application/json", headers=headers)

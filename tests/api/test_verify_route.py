@@ -1,0 +1,176 @@
+"""`POST /verify` end to end: uploads and dataset images through a real worker, 202, and every 4xx."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from api.client import Client
+from jobs.models import Job, Model, new_id
+from jobs.states import JobStatus, utcnow
+from tests.api.factories import add_artifact, add_job, bomb_png, key_id, make_zip, upload
+from tests.ml.test_embed import orl_model_folder
+from tests.services import Stack
+
+MODEL_FILES = {
+    "backbone.pt": "application/octet-stream",
+    "arcface.pt": "application/octet-stream",
+    "config.json": "application/json",
+    "metrics.json": "application/json",
+}
+
+
+def register_model(stack: Stack, folder: Path, key: str | None = None) -> str:
+    """The ORL model as a succeeded train_embedding job of the key (its artifacts, as the worker stores them)."""
+    job_id = add_job(stack, key_id(stack, key), status=JobStatus.SUCCEEDED, kind="train_embedding")
+    for name, ctype in MODEL_FILES.items():
+        add_artifact(stack, job_id, name, (folder / name).read_bytes(), ctype)
+    return job_id
+
+
+def post_verify(client: Any, a: bytes | str, b: bytes | str, timeout: float | None = None, **fields: str) -> Any:
+    """POST /verify with image_a/image_b as files (bytes) or text fields (dataset refs)."""
+    files: dict[str, Any] = {}
+    for name, image in (("image_a", a), ("image_b", b)):
+        files[name] = (f"{name}.pgm", image, "image/x-portable-graymap") if isinstance(image, bytes) else (None, image)
+    params = {"timeout": timeout} if timeout is not None else {}
+    return client.post("/verify", files=files, data=fields, params=params)
+
+
+@pytest.fixture(scope="module")
+def orl_model(orl_dir: Path) -> tuple[Path, tuple[str, ...]]:
+    return orl_model_folder(orl_dir)
+
+
+def _local_distance(folder: Path, a: bytes, b: bytes) -> float:
+    """The distance computed in this process with the runner's default settings (what the job must give)."""
+    import numpy as np
+
+    from ml.embed import EmbedSettings, embed_image
+    from ml.embed_models import load_trained_model
+
+    model = load_trained_model(folder, "local")
+    ea, _ = embed_image(a, model, EmbedSettings())  # type: ignore[misc]
+    eb, _ = embed_image(b, model, EmbedSettings())  # type: ignore[misc]
+    return 1.0 - float(np.dot(ea.astype(np.float64), eb.astype(np.float64)))
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_same_person_and_different_people_through_a_worker(
+    stack: Stack, orl_dir: Path, orl_model: tuple[Path, tuple[str, ...]], artifacts_dir: Path
+) -> None:
+    folder, trained_on = orl_model
+    unseen = sorted({p.name for p in orl_dir.iterdir()} - set(trained_on), key=lambda n: int(n[1:]))
+    p, q = unseen[0], unseen[1]  # people the model never saw
+    a, a2, b = (orl_dir / p / "1.pgm").read_bytes(), (orl_dir / p / "6.pgm").read_bytes(), (orl_dir / q / "1.pgm")
+    model = f"job:{register_model(stack, folder)}"
+    members = {f"{who}/{n}.pgm": (orl_dir / who / f"{n}.pgm").read_bytes() for who in (p, q) for n in (2, 1)}
+    ds = upload(stack.client, "/datasets", "two.zip", make_zip(members))
+    assert ds.status_code == 201, ds.text
+    stack.start_worker(queues="cpu")
+
+    same = post_verify(stack.client, a, a2, timeout=120, model=model)
+    assert same.status_code == 200, same.text
+    body = same.json()
+    assert body["same"] is True and body["threshold_source"] == "model metrics"
+    assert body["distance"] == pytest.approx(_local_distance(folder, a, a2), abs=1e-4)
+    assert body["distance"] == pytest.approx(1.0 - body["similarity"], abs=1e-9)
+    assert body["distance"] <= body["threshold"] and body["model"] == model
+    assert set(body["faces"]) == {"image_a", "image_b"} and body["faces"]["image_a"]["prob"] > 0.95
+
+    # The second image by reference to the caller's dataset, through the client.
+    with Client("http://testserver", stack.key, http=stack.client) as client:
+        diff = client.verify(orl_dir / p / "1.pgm", f"dataset:{ds.json()['id']}/{q}/1.pgm", model, timeout=60)
+    assert diff["same"] is False and diff["distance"] > diff["threshold"]
+    assert diff["distance"] == pytest.approx(_local_distance(folder, a, b.read_bytes()), abs=1e-4)
+    assert diff["threshold"] == pytest.approx(body["threshold"])
+
+    pairs = {f"{p}/1 vs {p}/6": body, f"{p}/1 vs {q}/1": diff}
+    (artifacts_dir / f"verify_route_{stack.name}.json").write_text(json.dumps(pairs, indent=1))
+
+    job = stack.client.get(f"/jobs/{diff['job_id']}").json()
+    assert (job["kind"], job["queue"], job["status"]) == ("verify", "cpu", "succeeded")
+    assert job["params"]["image_a"] == "input:image_a" and job["params"]["image_b"].startswith("dataset:")
+    assert job["result"]["distance"] == diff["distance"]
+    assert stack.other.get(f"/jobs/{diff['job_id']}").status_code == 404  # owned by the caller's key
+
+    # A decodable image with no face: the job fails on the caller's input, answered 422 with its reason.
+    blank = io.BytesIO()
+    Image.new("L", (92, 112), 128).save(blank, "PNG")
+    none = post_verify(stack.client, a, blank.getvalue(), timeout=60, model=model)
+    assert none.status_code == 422, none.text
+    assert none.json()["error"]["code"] == "verify_failed" and "no_face" in none.json()["error"]["message"]
+
+
+@pytest.mark.services
+def test_no_worker_answers_202_with_the_queued_job(stack: Stack, orl_dir: Path) -> None:
+    owner = key_id(stack)
+    model_job = add_job(stack, owner, status=JobStatus.SUCCEEDED, kind="train_embedding")
+    a = (orl_dir / "s1" / "1.pgm").read_bytes()
+    resp = post_verify(stack.client, a, a, timeout=0.3, model=f"job:{model_job}")
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["job_id"]
+    assert resp.headers["location"] == f"/jobs/{job_id}" and resp.json()["status"] == "queued"
+    job = stack.client.get(f"/jobs/{job_id}").json()
+    assert (job["kind"], job["queue"], job["status"]) == ("verify", "cpu", "queued")
+    assert (job["params"]["image_a"], job["params"]["image_b"]) == ("input:image_a", "input:image_b")
+    assert stack.store.get_bytes(f"jobs/{job_id}/inputs/image_a") == a
+
+
+@pytest.mark.services
+@pytest.mark.security
+def test_bad_requests_get_a_clear_4xx(stack: Stack, orl_dir: Path) -> None:
+    owner = key_id(stack)
+    good = f"job:{add_job(stack, owner, status=JobStatus.SUCCEEDED, kind='train_embedding')}"
+    running = f"job:{add_job(stack, owner, status=JobStatus.RUNNING, kind='train_embedding')}"
+    others = f"job:{add_job(stack, key_id(stack, stack.other_key), status=JobStatus.SUCCEEDED, kind='train_embedding')}"
+    not_a_model = f"job:{add_job(stack, owner, status=JobStatus.SUCCEEDED, kind='probe')}"
+    face = (orl_dir / "s1" / "1.pgm").read_bytes()
+
+    def code(resp: Any) -> tuple[int, str]:
+        return resp.status_code, resp.json()["error"]["code"]
+
+    assert code(post_verify(stack.client, b"hello, not an image", face, model=good)) == (400, "invalid_image")
+    bomb = post_verify(stack.client, bomb_png(), face, model=good)
+    assert code(bomb) == (400, "invalid_image") and "decompression bomb" in bomb.json()["error"]["message"]
+    big = post_verify(stack.client, face + b"\0" * (8 * 1024 * 1024), face, model=good)
+    assert code(big) == (413, "payload_too_large")
+    for model in ("job:nope", others, not_a_model):
+        assert code(post_verify(stack.client, face, face, model=model)) == (404, "not_found"), model
+    assert code(post_verify(stack.client, face, face, model=running)) == (409, "model_not_ready")
+    assert code(post_verify(stack.client, face, face, model="facenet:vggface2")) == (422, "threshold_required")
+    theirs = new_id()
+    with stack.session() as s:
+        s.add(
+            Model(
+                id=theirs,
+                owner_id=key_id(stack, stack.other_key),
+                name="w",
+                kind="facenet",
+                key="models/x/w.pt",
+                filename="w.pt",
+                size=1,
+                sha256="0",
+                created_at=utcnow(),
+            )
+        )
+    weights = post_verify(
+        stack.client, face, face, model="facenet:vggface2", weights=f"model:{theirs}", threshold="0.6"
+    )
+    assert code(weights) == (404, "not_found")
+    assert code(post_verify(stack.client, face, face, model="nonsense")) == (422, "invalid_params")
+    assert code(post_verify(stack.client, face, "dataset:nope/s1/1.pgm", model=good)) == (404, "not_found")
+    assert code(post_verify(stack.client, face, "aGVsbG8=", model=good)) == (422, "invalid_image_ref")
+    assert code(post_verify(stack.client, face, face, model=good, colour="red")) == (422, "unknown_field")
+    assert code(post_verify(stack.client, face, face, timeout=1000, model=good)) == (422, "invalid_request")
+    missing = stack.client.post("/verify", files={"image_a": ("a.pgm", face)}, data={"model": good})
+    assert code(missing) == (422, "missing_image")
+    assert code(stack.client.post("/verify", json={"model": good})) == (415, "multipart_required")
+    with stack.session() as s:
+        assert {j.kind for j in s.query(Job).all()} == {"train_embedding", "probe"}  # nothing was submitted
