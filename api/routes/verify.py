@@ -39,10 +39,12 @@ _JOB_MODEL = re.compile(r"^job:([A-Za-z0-9_-]{1,64})$")
 _WEIGHTS_MODEL = re.compile(r"^model:([A-Za-z0-9_-]{1,64})$")
 # Form fields besides the two images: the verify kind's params (strings, coerced by its model).
 PARAM_FIELDS = frozenset(VerifyParams.model_fields) - set(INPUT_NAMES)
+# Documented as a file part; the same field may instead carry the text "dataset:<id>/<path>".
 _IMAGE_FIELD = {
-    "description": "The image file (PNG, JPEG, PGM, BMP, GIF, TIFF, WebP; at most 8 MiB), or the text "
-    '"dataset:<id>/<path in the dataset>" of one of your dataset\'s images.',
-    "oneOf": [{"type": "string", "format": "binary"}, {"type": "string", "pattern": _DATASET_IMAGE.pattern}],
+    "type": "string",
+    "format": "binary",
+    "description": "The image file (PNG, JPEG, PGM, BMP, GIF, TIFF, WebP; at most 8 MiB), or instead a plain "
+    'text field "dataset:<id>/<path in the dataset>" naming an image of one of your datasets.',
 }
 FORM = multipart_body(
     {
@@ -189,6 +191,7 @@ def _poll(session: Session, job_id: str) -> tuple[JobStatus, dict[str, Any] | No
         404: {"model": ErrorBody, "description": "Unknown model, weights, dataset or image (or another key's)."},
         409: {"model": ErrorBody, "description": "The model's training job has not succeeded."},
         413: {"model": ErrorBody, "description": "An image is over 8 MiB."},
+        415: {"model": ErrorBody, "description": "The body is not multipart/form-data."},
         422: {"model": ErrorBody, "description": "Bad params, or the job failed on the images (e.g. no face)."},
     },
 )

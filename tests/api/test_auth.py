@@ -33,6 +33,7 @@ PRIVATE_ROUTES = {
     ("POST", "/models"),
     ("GET", "/models/{model_id}"),
     ("GET", "/workers"),
+    ("POST", "/verify"),
 }
 
 
