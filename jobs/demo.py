@@ -26,8 +26,19 @@ def pipeline(train_job: str | None = None) -> list[tuple[str, dict[str, Any]]]:
             {"dataset": "builtin:digits", "backbone": "se_resnet18", "image_size": 32, "epochs": 6, "seed": 0},
         ),
         ("evaluate", {"model": "job:{train}", "dataset": "builtin:digits"}),
-        ("invert", {"model": "job:{train}", "images_per_class": 2, "iterations": 300, "preview_every": 25}),
-        ("embed", {"dataset": "builtin:digits", "model": "job:{train}", "detector": "none"}),
+        (
+            "invert",
+            {
+                "model": "job:{train}",
+                "images_per_class": 2,
+                "iterations": 300,
+                "flip": False,  # digits are not mirror-symmetric
+                "checkpoint_every": 100,
+                "preview_every": 25,
+            },
+        ),
+        # Digits are whole images already: no face detection; a mirrored digit is another glyph, so no flip TTA.
+        ("embed", {"dataset": "builtin:digits", "model": "job:{train}", "detector": "none", "flip_tta": False}),
     ]
 
 
