@@ -51,7 +51,7 @@ RECIPE: dict[str, Any] = {
     "optimizer": "sgd",
     "lr": 0.1,
     "schedule": "cosine",
-    "epochs": 8,
+    "epochs": 12,
     "batch_size": 128,
     "augment_shift": 2,
     "split_by": "sample",
