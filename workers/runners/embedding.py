@@ -57,7 +57,7 @@ def _put_plots(ctx: Any, plots: dict[str, bytes]) -> None:
 def run_train_embedding(ctx: Any) -> dict[str, Any]:
     """Train, evaluate on the held-out split, and store backbone.pt, arcface.pt, config.json,
     metrics.json, roc.png, distances.png, loss.png and pca.png."""
-    from ml.data import DatasetError
+    from ml.data import DatasetError, check_trainable
     from ml.embedding_model import save_trained
     from ml.plots import evaluation_plots
     from ml.train_embedding import TrainConfig, TrainConfigError, TrainingStopped, train_embedding, validate_config
@@ -104,6 +104,10 @@ def run_train_embedding(ctx: Any) -> dict[str, Any]:
         raise JobInputError(str(exc)) from exc
     channels = None if p.grey is None else ("grey" if p.grey else "rgb")
     dataset = _load(ctx, p.dataset, image_size, channels)
+    try:
+        check_trainable(dataset)  # one identity: refused before any model is built
+    except DatasetError as exc:
+        raise JobInputError(f"dataset {p.dataset}: {exc}") from exc
     ctx.log(f"{p.dataset}: {len(dataset)} images of {dataset.num_classes} identities, {dataset.image_size}")
     try:
         result = train_embedding(dataset, config, callbacks=ctx, device=ctx.device)
