@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from pytorch_metric_learning.losses import ArcFaceLoss
@@ -91,8 +91,9 @@ def plain_loop(
         else:
             flat = x.transpose(0, 1).contiguous().view(x.shape[1], -1)
             mean, var = flat.mean(1), flat.var(1, unbiased=False)
+        running_mean, running_var = cast(torch.Tensor, module.running_mean), cast(torch.Tensor, module.running_var)
         layer_losses.append(
-            torch.norm(module.running_mean - mean, 2) ** 2 + torch.norm(module.running_var.sqrt() - var.sqrt(), 2) ** 2
+            torch.norm(running_mean - mean, 2) ** 2 + torch.norm(running_var.sqrt() - var.sqrt(), 2) ** 2
         )
 
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]

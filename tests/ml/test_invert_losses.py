@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import pytest
 import torch
 from pytorch_metric_learning.losses import ArcFaceLoss
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ml.invert_losses import (
     BNStatistics,
@@ -42,6 +44,7 @@ def _bn_net() -> nn.Module:
     net = Net()
     for m in net.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            assert m.running_mean is not None and m.running_var is not None
             m.running_mean.uniform_(-1, 1)
             m.running_var.uniform_(0.2, 3)
     return net.eval()
@@ -61,7 +64,7 @@ def _slow_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
 def test_bn_hook_statistics_and_both_loss_forms_equal_a_slow_recomputation() -> None:
     net = _bn_net()
     inputs: list[torch.Tensor] = []
-    layers = [net.bn2d, net.bn1d_seq, net.bn1d]
+    layers = [cast(_BatchNorm, m) for m in (net.bn2d, net.bn1d_seq, net.bn1d)]
     spies = [m.register_forward_pre_hook(lambda _m, a: inputs.append(a[0].detach())) for m in layers]
     x = torch.randn(6, 2, 5, 5, generator=torch.Generator().manual_seed(1))
     with BNStatistics(net) as stats:
@@ -75,7 +78,7 @@ def test_bn_hook_statistics_and_both_loss_forms_equal_a_slow_recomputation() -> 
     exp_mean, exp_var, exp_sq, exp_l2 = [], [], 0.0, 0.0
     for layer, inp in zip(layers, inputs, strict=True):
         m, v = _slow_stats(inp)
-        rm, rv = layer.running_mean.tolist(), layer.running_var.tolist()
+        rm, rv = cast(torch.Tensor, layer.running_mean).tolist(), cast(torch.Tensor, layer.running_var).tolist()
         exp_mean += m
         exp_var += v
         exp_sq += sum((a - b) ** 2 for a, b in zip(m, rm, strict=True))

@@ -144,7 +144,7 @@ def test_sigkilled_inversion_resumes_on_another_worker_to_the_uninterrupted_imag
     params = {**INVERT, "model": model_job, "iterations": 100, "checkpoint_every": 10, "preview_every": 0}
     job_id = submit(stack, params, kind="invert")
     victim = stack.start_worker(name="victim", extra_env=WORKER_ENV)
-    job = wait_for(stack, job_id, lambda j: (j.get("checkpoint_step") or 0) >= 20, timeout=120)
+    wait_for(stack, job_id, lambda j: (j.get("checkpoint_step") or 0) >= 20, timeout=120)
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait(10)
     killed_at = stack.client.get(f"/jobs/{job_id}").json()["checkpoint_step"]
