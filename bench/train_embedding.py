@@ -182,7 +182,7 @@ def platform_run(dataset: ImageDataset, config: TrainConfig, device: torch.devic
     upgrade(db)
     params = TrainEmbeddingParams(
         dataset="builtin:mnist",
-        backbone=config.backbone,  # type: ignore[arg-type]
+        backbone=config.backbone,
         base_width=int(config.backbone_kwargs["base_width"]),
         embedding_size=config.embedding_size,
         image_size=SIDE,
