@@ -30,6 +30,9 @@ MNIST_ARCFACE_CONFIG = TrainConfig(
     embedding_size=128,
     image_size=32,
     in_channels=1,
+    # s=32 rather than the face default 64: with 10 classes s=64 left held-out verification at
+    # 0.989-0.994 depending on the thread count; s=32 gives 0.995 (AUC 0.9999) in the same 12 epochs.
+    scale=32.0,
     optimizer="sgd",
     lr=0.1,
     schedule="cosine",

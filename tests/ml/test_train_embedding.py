@@ -89,7 +89,7 @@ def test_save_and_load_trained_rebuilds_the_model(mnist_arcface: TrainedEmbeddin
     backbone, weight, config = load_trained(tmp_path)
     assert torch.equal(weight, mnist_arcface.arcface_weight)
     assert config["backbone"] == "se_resnet18" and config["in_channels"] == 1 and config["image_size"] == [32, 32]
-    assert config["margin"] == 28.6 and config["scale"] == 64.0 and config["num_classes"] == 10
+    assert config["margin"] == 28.6 and config["scale"] == 32.0 and config["num_classes"] == 10
     assert config["dataset"] == "builtin:mnist" and config["metrics"]["accuracy"] == mnist_arcface.metrics["accuracy"]
     assert Normalization.from_json(config["normalize"]) == mnist_arcface.normalize
     x = torch.rand(5, 1, 32, 32)
