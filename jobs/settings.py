@@ -67,6 +67,13 @@ class Settings(BaseSettings):
     cuda_visible_devices: str | None = Field(
         None, validation_alias="CUDA_VISIBLE_DEVICES", description="The GPU this worker is pinned to."
     )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads torch may use in each worker process (None: torch's default, one per core). "
+        "Set it to cores / worker processes where several CPU workers share a host: oversubscribed OpenMP "
+        "threads spin against each other and run many times slower.",
+    )
     default_max_attempts: int = 3
 
     # API server and the CLI's view of it

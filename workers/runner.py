@@ -62,9 +62,12 @@ class Heartbeat(threading.Thread):
                 log.exception("worker heartbeat failed (the job goes on)")
 
 
-def default_device() -> Any:
+def default_device(torch_threads: int | None = None) -> Any:
+    """The worker's device (its one visible GPU, else the CPU), with the CPU thread count applied."""
     import torch
 
+    if torch_threads is not None and torch.get_num_threads() != torch_threads:
+        torch.set_num_threads(torch_threads)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -115,7 +118,7 @@ def execute(
     beat.start()
     try:
         if ctx.device is None:
-            ctx.device = default_device()
+            ctx.device = default_device(settings.torch_threads)
         result = load_runner(spec)(ctx)
     except Preempted:
         return _stopped(ctx, db, spec.name)

@@ -1,0 +1,154 @@
+"""Twenty `invert` jobs, each SIGKILLed once at a random point: every one resumes and ends bit-for-bit.
+
+The checkpointing job is the real one now: a tiny ArcFace model is trained by a `train_embedding`
+job, then twenty-one inversions of it with the same seed run on three real Celery workers. Twenty are
+killed once on their first attempt, after a random number of checkpoints plus a random fraction of a
+second, half the time the whole worker (a preempted machine), half the time only its pool process
+(an OOM-killed GPU process); the twenty-first runs untouched as the reference. Each killed job must be
+requeued by the reaper, resumed on another worker process from the checkpoint the dead one left, and
+end with the reference's images (to 1e-5), the same artifacts recorded once each, and attempt 2.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import time
+from typing import Any
+
+import pytest
+import torch
+from sqlalchemy import select
+
+from jobs.models import Job
+from tests.fault.support import (
+    FAST_LEASES,
+    TERMINAL,
+    assert_artifacts_intact,
+    checkpoint_step,
+    events,
+    run_starts,
+    submit,
+)
+from tests.fault.test_sigkill import SETTLE_SECONDS, kill
+from tests.services import Stack
+
+N_JOBS, N_WORKERS, SEED = 20, 3, 11
+DEADLINE_SECONDS = 600
+CHECKPOINT_EVERY, ITERATIONS = 20, 200
+TINY_MODEL: dict[str, Any] = {
+    "dataset": "builtin:digits",
+    "backbone": "se_resnet18",
+    "base_width": 4,
+    "embedding_size": 32,
+    "image_size": 16,
+    "epochs": 1,
+    "batch_size": 64,
+    "split_by": "sample",
+    "max_pairs": 100,
+    "folds": 2,
+    "seed": 0,
+}
+INVERT: dict[str, Any] = {
+    "images_per_class": 1,
+    "iterations": ITERATIONS,
+    "checkpoint_every": CHECKPOINT_EVERY,
+    "preview_every": 100,
+    "flip": True,
+    "jitter": 2,
+    "lambda_bn": 0.01,
+    "bn_form": "l2",
+    "seed": 3,
+}
+
+
+def tensors(stack: Stack, job_id: str) -> dict[str, Any]:
+    data = stack.store.get_bytes(f"jobs/{job_id}/tensors.pt")
+    out: dict[str, Any] = torch.load(io.BytesIO(data), weights_only=False)
+    return out
+
+
+def artifact_names(stack: Stack, job_id: str) -> list[str]:
+    return [a["name"] for a in stack.client.get(f"/jobs/{job_id}/artifacts").json()]
+
+
+@pytest.mark.fault
+@pytest.mark.slow
+def test_twenty_random_sigkills_of_inversions_resume_to_the_uninterrupted_images(services_stack: Stack) -> None:
+    stack = services_stack
+    model_job = submit(stack, TINY_MODEL, kind="train_embedding")
+    stack.start_worker(name="trainer", extra_env=FAST_LEASES)
+    trained = stack.wait_job(model_job, timeout=240)
+    stack.stop_workers()
+    assert trained["status"] == "succeeded", trained
+
+    params = {**INVERT, "model": f"job:{model_job}"}
+    reference = submit(stack, params, kind="invert")
+    ids = [submit(stack, params, kind="invert") for _ in range(N_JOBS)]
+    rng = random.Random(SEED)
+    # Per job: kill after this many checkpoints, plus this many seconds, the whole worker or only its pool child.
+    plan = {job_id: (rng.randint(1, 4), rng.uniform(0.0, 0.5), i % 2 == 0) for i, job_id in enumerate(ids)}
+    for _ in range(N_WORKERS):
+        stack.start_worker(extra_env=FAST_LEASES)
+
+    due: dict[str, float] = {}
+    killed_at: dict[str, float] = {}
+    resume_step: dict[str, int] = {}
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while True:
+        with stack.session() as s:
+            rows = s.execute(
+                select(Job.id, Job.status, Job.attempt, Job.checkpoint_step, Job.lease_owner).where(
+                    Job.id.in_([*ids, reference])
+                )
+            ).all()
+        if all(r.status in TERMINAL for r in rows):
+            break
+        assert time.monotonic() < deadline, f"jobs still not done: {[(r.id, r.status, r.attempt) for r in rows]}"
+        now = time.monotonic()
+        for job_id, status, attempt, step, owner in rows:
+            if job_id == reference:
+                continue
+            if job_id in killed_at:
+                if job_id not in resume_step and now >= killed_at[job_id] + SETTLE_SECONDS:
+                    assert attempt == 1, (job_id, status, attempt)  # the 4 s lease has not expired yet
+                    resume_step[job_id] = checkpoint_step(stack, job_id)
+                continue
+            if status != "running" or attempt != 1 or owner is None:
+                continue
+            after_checkpoints, jitter, whole_worker = plan[job_id]
+            if (step or 0) >= after_checkpoints * CHECKPOINT_EVERY:
+                due.setdefault(job_id, now + jitter)
+            if job_id in due and now >= due[job_id]:
+                kill(stack, owner, whole_worker)
+                killed_at[job_id] = time.monotonic()
+        time.sleep(0.05)
+
+    ref_job = stack.client.get(f"/jobs/{reference}").json()
+    assert (ref_job["status"], ref_job["attempt"]) == ("succeeded", 1), ref_job
+    ref = tensors(stack, reference)
+    ref_names = sorted(artifact_names(stack, reference))
+    assert "tensors.pt" in ref_names and "grid.png" in ref_names and len(ref_names) >= 13, ref_names
+
+    unkilled = sorted(set(ids) - set(killed_at))
+    assert not unkilled, [(j, plan[j]) for j in unkilled]  # a job that finished first: this loop fell behind
+    for job_id in ids:
+        with stack.session() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+        assert (job.status, job.attempt, job.preemptions, job.reaped) == ("succeeded", 2, 0, 1), (job_id, job.error)
+        owners = [m.removeprefix("running on ").split(" (attempt")[0] for m in run_starts(stack, job_id)]
+        assert len(owners) == 2 and owners[0] != owners[1], owners  # resumed by another worker process
+        step = resume_step[job_id]
+        assert plan[job_id][0] * CHECKPOINT_EVERY <= step < ITERATIONS and step % CHECKPOINT_EVERY == 0, (job_id, step)
+        resumed = [e.message for e in events(stack, job_id) if e.message.startswith("resumed")]
+        assert resumed == [f"resumed from checkpoint at step {step}"], (job_id, resumed)
+        # The killed-and-resumed run ends exactly where the untouched one did.
+        got = tensors(stack, job_id)
+        assert torch.equal(got["labels"], ref["labels"]) and got["classes"] == ref["classes"]
+        assert torch.allclose(got["images"], ref["images"], atol=1e-5, rtol=0), (
+            job_id, step, float((got["images"] - ref["images"]).abs().max())
+        )  # fmt: skip
+        # Every artifact recorded once, each row matching a complete stored object.
+        assert sorted(artifact_names(stack, job_id)) == ref_names, job_id
+        assert_artifacts_intact(stack, job_id, ref_names)
