@@ -36,9 +36,6 @@ TRAIN_PARAMS: dict[str, Any] = {
     "max_pairs": 500,
     "seed": 3,
 }
-# One torch thread per worker: on a shared CPU, two OpenMP threads waiting on each other make small
-# networks ten times slower, not faster.
-WORKER_ENV = {**FAST_LEASES, "OMP_NUM_THREADS": "1"}
 MODEL_ARTIFACTS = ["arcface.pt", "backbone.pt", "config.json", "distances.png", "loss.png", "metrics.json", "pca.png",
                    "roc.png"]  # fmt: skip
 
@@ -79,7 +76,7 @@ def test_killed_training_resumes_from_its_epoch_checkpoint_and_matches_an_uninte
     # The reference run, then the victim, on the same worker (one job at a time).
     reference = submit(stack, TRAIN_PARAMS, kind="train_embedding")
     victim_id = submit(stack, TRAIN_PARAMS, kind="train_embedding")
-    victim = stack.start_worker(name="victim", extra_env=WORKER_ENV)
+    victim = stack.start_worker(name="victim", extra_env=FAST_LEASES)
     ref = stack.wait_job(reference, timeout=120)
     assert (ref["status"], ref["attempt"]) == ("succeeded", 1), ref
     job = wait_for(stack, victim_id, lambda j: (j.get("checkpoint_step") or 0) >= 1, timeout=60)
@@ -90,7 +87,7 @@ def test_killed_training_resumes_from_its_epoch_checkpoint_and_matches_an_uninte
     assert job["attempt"] == 1
 
     # The reaper of the second worker requeues the job once the lease (5 s) expires; it resumes.
-    stack.start_worker(name="rescuer", extra_env=WORKER_ENV)
+    stack.start_worker(name="rescuer", extra_env=FAST_LEASES)
     done = stack.wait_job(victim_id, timeout=120)
     assert (done["status"], done["attempt"], done["preemptions"]) == ("succeeded", 2, 0), done
     assert done["checkpoint_step"] == EPOCHS and done["result"]["epochs"] == EPOCHS
@@ -152,7 +149,7 @@ def test_dataset_with_one_identity_fails_before_training(embedded_stack: Stack, 
     job_id = submit(
         stack, {"dataset": ds["ref"], "base_width": 4, "image_size": 32, "epochs": 1}, kind="train_embedding"
     )
-    stack.start_worker(extra_env=WORKER_ENV)
+    stack.start_worker(extra_env=FAST_LEASES)
     job = stack.wait_job(job_id, timeout=90)
     assert (job["status"], job["attempt"]) == ("failed", 1), job
     assert job["error"].startswith(f"dataset {ds['ref']}: ") and "single identity ('s1')" in job["error"], job["error"]
