@@ -48,6 +48,7 @@ RECIPE: dict[str, Any] = {
     "embedding_size": 128,
     "image_size": 32,
     "in_channels": 1,
+    "scale": 32.0,
     "optimizer": "sgd",
     "lr": 0.1,
     "schedule": "cosine",
@@ -179,7 +180,12 @@ def main() -> None:
     if model_dir is None:
         from ml.train_embedding import TrainConfig, save_trained, train_embedding
 
-        trained = train_embedding(data, TrainConfig(**RECIPE), LocalCallbacks(), device=device)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as the fixture does: the trained model depends on the thread count
+        try:
+            trained = train_embedding(data, TrainConfig(**RECIPE), LocalCallbacks(), device=device)
+        finally:
+            torch.set_num_threads(threads)
         model_dir = args.work / "model"
         save_trained(model_dir, trained.backbone, trained.arcface_weight, trained.config, trained.class_names)
     model_seconds = time.perf_counter() - t0
