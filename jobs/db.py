@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +19,24 @@ _engines: dict[str, Engine] = {}
 _factories: dict[str, sessionmaker[Session]] = {}
 
 
+def json_safe(obj: Any) -> Any:
+    """`obj` with every non-finite float (a PSNR of identical images, a NaN loss) turned into None.
+
+    JSON has no NaN or Infinity: PostgreSQL refuses them, and a browser's JSON.parse would too.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def _json_dumps(obj: Any) -> str:
+    return json.dumps(json_safe(obj), allow_nan=False)
+
+
 def make_engine(url: str, settings: Settings | None = None) -> Engine:
     """A new engine for `url`, with the pool and SQLite pragmas facejobs relies on."""
     settings = settings or get_settings()
@@ -27,7 +47,7 @@ def make_engine(url: str, settings: Settings | None = None) -> Engine:
         kwargs["pool_size"] = settings.db_pool_size
         kwargs["max_overflow"] = settings.db_pool_size
         kwargs["connect_args"] = {"connect_timeout": settings.db_connect_timeout_seconds}
-    engine = create_engine(url, **kwargs)
+    engine = create_engine(url, json_serializer=_json_dumps, **kwargs)
     if url.startswith("sqlite"):
 
         @event.listens_for(engine, "connect")

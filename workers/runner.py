@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from jobs.broker import enqueue
 from jobs.db import session_scope
@@ -135,11 +135,17 @@ def execute(
         _set_current(db, node, None)
         shutil.rmtree(workdir, ignore_errors=True)
 
-    with session_scope(db) as s:
-        ok = finish(
-            s, job_id, attempt, owner, JobStatus.SUCCEEDED, result=result or {},
-            progress_step=Job.progress_total,
-        )  # fmt: skip
+    try:
+        with session_scope(db) as s:
+            ok = finish(
+                s, job_id, attempt, owner, JobStatus.SUCCEEDED, result=result or {},
+                progress_step=Job.progress_total,
+            )  # fmt: skip
+    except OperationalError:
+        raise  # the database is away: the lease runs out and the reaper gives the job another attempt
+    except SQLAlchemyError as exc:
+        # A result the database refuses would be refused again on every attempt: fail now, say why.
+        return _fail(db, job_id, attempt, owner, exc)
     if not ok:
         return Outcome("lost", "lease lost before the result was recorded")
     _event(db, job_id, attempt, "status", "succeeded")

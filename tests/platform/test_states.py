@@ -13,6 +13,7 @@ from jobs.states import (
     TransitionError,
     check_transition,
     claim,
+    fenced_update,
     finish,
     reap_expired,
     renew_lease,
@@ -115,3 +116,19 @@ def test_transition_table_refuses_leaving_succeeded() -> None:
     check_transition(JobStatus.RUNNING, JobStatus.QUEUED)
     with pytest.raises(TransitionError, match="from succeeded to queued"):
         check_transition(JobStatus.SUCCEEDED, JobStatus.QUEUED)
+
+
+def test_non_finite_numbers_in_results_and_metrics_are_stored_as_null(db_url: str) -> None:
+    # JSON has no Infinity or NaN (PostgreSQL refuses them): a perfect reconstruction's PSNR is inf.
+    job_id = _new_job(db_url)
+    with session_scope(db_url) as s:
+        claim(s, job_id, "w1/1", 60)
+    with session_scope(db_url) as s:
+        assert fenced_update(s, job_id, 1, "w1/1", metrics={"loss": float("nan"), "step": 3.0})
+    result = {"gradient": {"psnr": float("inf"), "ssim": 1.0, "per_image": [float("-inf"), 20.5]}, "n": 2}
+    with session_scope(db_url) as s:
+        assert finish(s, job_id, 1, "w1/1", JobStatus.SUCCEEDED, result=result)
+    with session_scope(db_url) as s:
+        job = s.get(Job, job_id)
+        assert job.metrics == {"loss": None, "step": 3.0}
+        assert job.result == {"gradient": {"psnr": None, "ssim": 1.0, "per_image": [None, 20.5]}, "n": 2}
