@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.browser.conftest import LiveDashboard
+from tests.platform.factories import TINY_ARCFACE
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 # A tiny ArcFace model on sklearn's digits (a few seconds), then an inversion of its ten classes
 # with a preview every 20 steps: long enough to watch several previews arrive.
-TINY_MODEL: dict[str, Any] = {
-    "dataset": "builtin:digits", "backbone": "se_resnet18", "base_width": 4, "embedding_size": 32,
-    "image_size": 16, "epochs": 1, "batch_size": 64, "split_by": "sample", "max_pairs": 100, "folds": 2,
-}  # fmt: skip
+TINY_MODEL = TINY_ARCFACE
 WORKER_ENV = {"FACEJOBS_HEARTBEAT_SECONDS": "0.5", "FACEJOBS_PROGRESS_MIN_INTERVAL_SECONDS": "0.2"}
 
 # What the preview <img> shows, as a data URL of its drawn pixels (the same for a blob or a presigned URL

@@ -31,24 +31,13 @@ from tests.fault.support import (
     submit,
 )
 from tests.fault.test_sigkill import SETTLE_SECONDS, kill
+from tests.platform.factories import TINY_ARCFACE
 from tests.services import Stack
 
 N_JOBS, N_WORKERS, SEED = 20, 3, 11
 DEADLINE_SECONDS = 600
 CHECKPOINT_EVERY, ITERATIONS = 20, 200
-TINY_MODEL: dict[str, Any] = {
-    "dataset": "builtin:digits",
-    "backbone": "se_resnet18",
-    "base_width": 4,
-    "embedding_size": 32,
-    "image_size": 16,
-    "epochs": 1,
-    "batch_size": 64,
-    "split_by": "sample",
-    "max_pairs": 100,
-    "folds": 2,
-    "seed": 0,
-}
+TINY_MODEL = TINY_ARCFACE
 INVERT: dict[str, Any] = {
     "images_per_class": 1,
     "iterations": ITERATIONS,

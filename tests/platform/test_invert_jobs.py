@@ -18,24 +18,13 @@ from typing import Any
 import pytest
 import torch
 
+from tests.platform.factories import TINY_ARCFACE
 from tests.platform.test_worker import FAST_LEASES, download, submit, wait_for
 from tests.services import Stack, _stack
 
 pytestmark = pytest.mark.services
 
-TINY_MODEL: dict[str, Any] = {
-    "dataset": "builtin:digits",
-    "backbone": "se_resnet18",
-    "base_width": 4,
-    "embedding_size": 32,
-    "image_size": 16,
-    "epochs": 1,
-    "batch_size": 64,
-    "split_by": "sample",
-    "max_pairs": 100,
-    "folds": 2,
-    "seed": 0,
-}
+TINY_MODEL = TINY_ARCFACE
 # Ten 16x16 digits in one batch: tens of milliseconds a step on an idle core (se_resnet18 is ~60
 # layers of tiny ops), so tens of steps give the tests time to watch, kill and cancel a running job.
 INVERT: dict[str, Any] = {"images_per_class": 1, "flip": True, "seed": 3, "lambda_bn": 0.01, "bn_form": "l2"}
