@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import cpu_name, sync  # noqa: E402
 from ml.align import align_faces  # noqa: E402
 from ml.callbacks import LocalCallbacks  # noqa: E402
 from ml.embed import EmbedSettings, embed_dataset  # noqa: E402
@@ -71,21 +71,6 @@ def make_images(orl: Path, out: Path, n: int) -> list[Path]:
         img.save(path, quality=95)
         paths.append(path)
     return paths
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def plain_loop(paths: list[Path], device: torch.device) -> tuple[float, int]:

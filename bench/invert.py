@@ -41,6 +41,7 @@ from pytorch_metric_learning.losses import ArcFaceLoss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import sync
 from ml.backbones import create_backbone
 from ml.callbacks import LocalCallbacks
 from ml.invert import InversionConfig, invert
@@ -48,11 +49,6 @@ from ml.invert import InversionConfig, invert
 CLASSES, PER_CLASS, EMBEDDING = 10, 4, 512
 SIZES = {32: 1, 112: 3}  # side -> channels
 ROUNDS = 2  # interleaved plain/facejobs rounds per configuration (the best of each is kept)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_model(size: int, channels: int) -> tuple[torch.nn.Module, torch.Tensor]:

@@ -40,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import sync
 from ml.callbacks import LocalCallbacks
 from ml.gan.compare import MethodSpec, evaluate, method_specs, run_method
 from ml.gan.encoder import load_encoder
@@ -59,11 +60,6 @@ PUBLISHED_NOTE = (
     "published: ProGAN-128 on CelebA (latent 512) on an RTX 2080 Ti, 50 targets; ours: a DCGAN on MNIST "
     "(see 'setup'): the numbers are a reference, not a like-for-like comparison"
 )
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def default_mnist() -> Path:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -49,27 +48,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import cpu_name, sync  # noqa: E402
 from ml.backbones import create_backbone  # noqa: E402
 from ml.data import ImageDataset, load_digits, load_mnist, make_split  # noqa: E402
 from ml.train_embedding import TrainConfig, train_embedding  # noqa: E402
 
 BACKBONES = ("se_resnet18", "iresnet18")
 SIDE, EMBEDDING, BATCH, SEED = 32, 128, 128, 0
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def load_data() -> ImageDataset:

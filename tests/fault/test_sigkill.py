@@ -70,6 +70,56 @@ def kill(stack: Stack, owner: str, whole_worker: bool) -> None:
         time.sleep(0.02)
 
 
+def kill_each_once(
+    stack: Stack,
+    ids: list[str],
+    plan: dict[str, tuple[int, float, bool]],
+    steps_per_checkpoint: int = 1,
+    also_wait: tuple[str, ...] = (),
+    deadline_seconds: float = DEADLINE_SECONDS,
+    poll_seconds: float = 0.1,
+) -> tuple[dict[str, float], dict[str, int]]:
+    """Run until every job of `ids` and `also_wait` is terminal, killing each job of `ids` once.
+
+    `plan[id]` = (checkpoints, jitter, whole_worker): the job's first attempt is killed `jitter`
+    seconds after its checkpoint step reaches `checkpoints * steps_per_checkpoint`, the whole worker
+    or only its pool child. Returns when each job was killed and the checkpoint step it left.
+    """
+    due: dict[str, float] = {}
+    killed_at: dict[str, float] = {}
+    resume_step: dict[str, int] = {}
+    deadline = time.monotonic() + deadline_seconds
+    while True:
+        with stack.session() as s:
+            rows = s.execute(
+                select(Job.id, Job.status, Job.attempt, Job.checkpoint_step, Job.lease_owner).where(
+                    Job.id.in_([*ids, *also_wait])
+                )
+            ).all()
+        if all(r.status in TERMINAL for r in rows):
+            return killed_at, resume_step
+        assert time.monotonic() < deadline, f"jobs still not done: {[(r.id, r.status, r.attempt) for r in rows]}"
+        now = time.monotonic()
+        for job_id, status, attempt, step, owner in rows:
+            if job_id not in plan:
+                continue
+            if job_id in killed_at:
+                if job_id not in resume_step and now >= killed_at[job_id] + SETTLE_SECONDS:
+                    # The lease (4 s) has not expired yet, so no new attempt has written a checkpoint.
+                    assert attempt == 1, (job_id, status, attempt)
+                    resume_step[job_id] = checkpoint_step(stack, job_id)
+                continue
+            if status != "running" or attempt != 1 or owner is None:
+                continue
+            after_checkpoints, jitter, whole_worker = plan[job_id]
+            if (step or 0) >= after_checkpoints * steps_per_checkpoint:
+                due.setdefault(job_id, now + jitter)
+            if job_id in due and now >= due[job_id]:
+                kill(stack, owner, whole_worker)
+                killed_at[job_id] = time.monotonic()
+        time.sleep(poll_seconds)
+
+
 @pytest.mark.fault
 @pytest.mark.slow
 def test_twenty_random_sigkills_every_job_resumes_and_succeeds_once(services_stack: Stack) -> None:
@@ -82,35 +132,7 @@ def test_twenty_random_sigkills_every_job_resumes_and_succeeds_once(services_sta
     for _ in range(N_WORKERS):
         stack.start_worker(extra_env=FAST_LEASES)
 
-    due: dict[str, float] = {}
-    killed_at: dict[str, float] = {}
-    resume_step: dict[str, int] = {}
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while True:
-        with stack.session() as s:
-            rows = s.execute(
-                select(Job.id, Job.status, Job.attempt, Job.checkpoint_step, Job.lease_owner).where(Job.id.in_(ids))
-            ).all()
-        if all(r.status in TERMINAL for r in rows):
-            break
-        assert time.monotonic() < deadline, f"jobs still not done: {[(r.id, r.status, r.attempt) for r in rows]}"
-        now = time.monotonic()
-        for job_id, status, attempt, step, owner in rows:
-            if job_id in killed_at:
-                if job_id not in resume_step and now >= killed_at[job_id] + SETTLE_SECONDS:
-                    # The lease (4 s) has not expired yet, so no new attempt has written a checkpoint.
-                    assert attempt == 1, (job_id, status, attempt)
-                    resume_step[job_id] = checkpoint_step(stack, job_id)
-                continue
-            if status != "running" or attempt != 1 or owner is None:
-                continue
-            after_checkpoints, jitter, whole_worker = plan[job_id]
-            if (step or 0) >= after_checkpoints:
-                due.setdefault(job_id, now + jitter)
-            if job_id in due and now >= due[job_id]:
-                kill(stack, owner, whole_worker)
-                killed_at[job_id] = time.monotonic()
-        time.sleep(0.1)
+    killed_at, resume_step = kill_each_once(stack, ids, plan)
 
     # Every job was killed once, at a random point (a job that finished first means this loop fell behind).
     unkilled = sorted(set(ids) - set(killed_at))

@@ -13,24 +13,20 @@ from __future__ import annotations
 
 import io
 import random
-import time
 from typing import Any
 
 import pytest
 import torch
-from sqlalchemy import select
 
 from jobs.models import Job
 from tests.fault.support import (
     FAST_LEASES,
-    TERMINAL,
     assert_artifacts_intact,
-    checkpoint_step,
     events,
     run_starts,
     submit,
 )
-from tests.fault.test_sigkill import SETTLE_SECONDS, kill
+from tests.fault.test_sigkill import kill_each_once
 from tests.platform.factories import TINY_ARCFACE
 from tests.services import Stack
 
@@ -80,38 +76,9 @@ def test_twenty_random_sigkills_of_inversions_resume_to_the_uninterrupted_images
     for _ in range(N_WORKERS):
         stack.start_worker(extra_env=FAST_LEASES)
 
-    due: dict[str, float] = {}
-    killed_at: dict[str, float] = {}
-    resume_step: dict[str, int] = {}
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while True:
-        with stack.session() as s:
-            rows = s.execute(
-                select(Job.id, Job.status, Job.attempt, Job.checkpoint_step, Job.lease_owner).where(
-                    Job.id.in_([*ids, reference])
-                )
-            ).all()
-        if all(r.status in TERMINAL for r in rows):
-            break
-        assert time.monotonic() < deadline, f"jobs still not done: {[(r.id, r.status, r.attempt) for r in rows]}"
-        now = time.monotonic()
-        for job_id, status, attempt, step, owner in rows:
-            if job_id == reference:
-                continue
-            if job_id in killed_at:
-                if job_id not in resume_step and now >= killed_at[job_id] + SETTLE_SECONDS:
-                    assert attempt == 1, (job_id, status, attempt)  # the 4 s lease has not expired yet
-                    resume_step[job_id] = checkpoint_step(stack, job_id)
-                continue
-            if status != "running" or attempt != 1 or owner is None:
-                continue
-            after_checkpoints, jitter, whole_worker = plan[job_id]
-            if (step or 0) >= after_checkpoints * CHECKPOINT_EVERY:
-                due.setdefault(job_id, now + jitter)
-            if job_id in due and now >= due[job_id]:
-                kill(stack, owner, whole_worker)
-                killed_at[job_id] = time.monotonic()
-        time.sleep(0.05)
+    killed_at, resume_step = kill_each_once(
+        stack, ids, plan, CHECKPOINT_EVERY, also_wait=(reference,), deadline_seconds=DEADLINE_SECONDS, poll_seconds=0.05
+    )
 
     ref_job = stack.client.get(f"/jobs/{reference}").json()
     assert (ref_job["status"], ref_job["attempt"]) == ("succeeded", 1), ref_job
