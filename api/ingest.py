@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import zipfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,13 +26,12 @@ from jobs.models import ApiKey, Dataset, Model, new_id
 from jobs.settings import Settings
 from jobs.states import utcnow
 from jobs.store import Store, StoredObject, join_key
+from jobs.torchscript_check import NotTorchScriptError, UnsafeTorchScriptError, check_torchscript_archive
 
 log = logging.getLogger(__name__)
 PUT_THREADS = 8
 MODEL_KINDS = ("generator", "facenet", "backbone")
-TORCHSCRIPT_CONSTANTS = re.compile(r"^[^/]+/constants\.pkl$")
-TORCHSCRIPT_CODE = re.compile(r"^[^/]+/code/")
-TORCHSCRIPT_DATA = re.compile(r"^[^/]+/data\.pkl$")
+MAX_REFUSED_SHOWN = 50
 
 
 class StoreUnavailable(ApiError):
@@ -110,18 +107,20 @@ def ingest_dataset(
     return DatasetCreated(**public.model_dump(exclude={"ref"}), skipped=content.skipped)
 
 
-def is_torchscript(path: Path) -> bool:
-    """Whether `path` is a TorchScript archive (checked from the zip's names only; torch is not imported)."""
-    if not zipfile.is_zipfile(path):
-        return False
+def check_generator_upload(path: Path) -> None:
+    """Refuse a generator that is not TorchScript (400 `not_torchscript`) or could do more than
+    compute on tensors (400 `unsafe_torchscript`, naming each refused operation); torch is not imported.
+    """
     try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
-    if any(TORCHSCRIPT_CONSTANTS.match(n) for n in names):
-        return True
-    return any(TORCHSCRIPT_CODE.match(n) for n in names) and any(TORCHSCRIPT_DATA.match(n) for n in names)
+        check_torchscript_archive(path)
+    except NotTorchScriptError:
+        raise ApiError(
+            400,
+            "not_torchscript",
+            "not a TorchScript archive: save the generator with torch.jit.save(torch.jit.script(model), path)",
+        ) from None
+    except UnsafeTorchScriptError as exc:
+        raise ApiError(400, "unsafe_torchscript", str(exc), {"refused": exc.refused[:MAX_REFUSED_SHOWN]}) from None
 
 
 def parse_meta(raw: str | None) -> dict[str, Any]:
@@ -149,12 +148,8 @@ def ingest_model(session: Session, store: Store, key: ApiKey, upload: ReceivedFi
     meta = parse_meta(fields.get("meta"))
     filename = safe_filename(upload.filename, default="model.bin")
     name = clean_name(fields.get("name"), Path(filename).stem or "model")
-    if kind == "generator" and not is_torchscript(upload.path):
-        raise ApiError(
-            400,
-            "not_torchscript",
-            "not a TorchScript archive: save the generator with torch.jit.save(torch.jit.script(model), path)",
-        )
+    if kind == "generator":
+        check_generator_upload(upload.path)
     model_id = new_id()
     object_key = join_key(f"models/{model_id}", filename)
     (stored,) = put_all(store, [(object_key, upload.path, "application/octet-stream")], "model")

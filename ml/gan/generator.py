@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+
+from ml.gan.script_guard import UnsafeScriptError, check_script_module
 
 FORMAT = "facejobs.generator/1"
 PRIORS = ("normal", "uniform")
@@ -230,19 +232,33 @@ def load_generator(
     latent_dim: int | None = None,
     prior: str | None = None,
     probe: int = 4,
+    check_archive: Callable[[Path], None] | None = None,
+    allowed_ops: Collection[str] | None = None,
 ) -> tuple[torch.jit.ScriptModule, GeneratorInfo]:
     """Load and validate a generator (a `generator.pt` file or a folder holding one).
 
     Metadata comes, by priority, from the explicit `latent_dim`/`prior` arguments, then
     `generator.json` beside the file, then the archive's embedded `generator.json`.
 
+    A TorchScript file is a program, and `torch.jit.load` already runs code from it: a file that
+    came from a caller needs both guards (the worker passes them; files this process wrote do not).
+
+    Args:
+        check_archive: called with the file before `torch.jit.load`; raises
+            `GeneratorContractError` to refuse it (the worker's static check of the archive).
+        allowed_ops: if given, every graph of the loaded module is checked against these
+            `namespace::name` operations (`check_script_module`) before the probe batch runs.
+
     Returns:
         (TorchScript module in eval mode on `device`, its `GeneratorInfo` with channels and size).
 
     Raises:
-        GeneratorContractError: not TorchScript, no latent_dim anywhere, or the probe batch fails.
+        GeneratorContractError: not TorchScript, refused by a guard, no latent_dim anywhere, or the
+            probe batch fails.
     """
     file = _find_file(Path(path))
+    if check_archive is not None:
+        check_archive(file)
     extra_files = {META_FILE: ""}
     try:
         with quiet_jit():
@@ -253,6 +269,11 @@ def load_generator(
             "export the generator with torch.jit.script(model) or torch.jit.trace(model, z) and "
             "torch.jit.save, not torch.save"
         ) from exc
+    if allowed_ops is not None:
+        try:
+            check_script_module(module, allowed_ops)
+        except UnsafeScriptError as exc:
+            raise GeneratorContractError(f"{file.name}: {exc}") from exc
     meta: dict[str, Any] = {}
     if extra_files[META_FILE]:
         meta.update(_parse_meta(extra_files[META_FILE], f"{file.name}'s embedded {META_FILE}"))

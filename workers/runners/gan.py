@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from jobs.errors import JobInputError
+from jobs.torchscript_check import NotTorchScriptError, UnsafeTorchScriptError, check_torchscript_archive
+from jobs.torchscript_ops import ALLOWED_OPS
 from workers.runners import Preempted
 
 
@@ -16,11 +18,38 @@ def _dataset_folder(ctx: Any, ref: str) -> Path | None:
     return None if ref == "builtin:digits" else Path(ctx.open_dataset(ref))
 
 
+def _check_generator_archive(file: Path) -> None:
+    """The static check of a generator file before `torch.jit.load` runs any of its code.
+
+    Every generator is checked, a `job:` artifact too: the store may hold a file that never passed
+    `POST /models` (written there directly), and the check costs milliseconds.
+    """
+    from ml.gan.generator import GeneratorContractError
+
+    try:
+        check_torchscript_archive(file)
+    except NotTorchScriptError as exc:
+        raise GeneratorContractError(
+            f"{file.name} is not a TorchScript module ({exc}); export the generator with torch.jit.script(model) "
+            "or torch.jit.trace(model, z) and torch.jit.save, not torch.save"
+        ) from exc
+    except UnsafeTorchScriptError as exc:
+        raise GeneratorContractError(f"{file.name}: {exc}") from exc
+
+
 def _load_generator(ctx: Any, p: Any) -> tuple[Any, Any]:
+    """The job's generator, refused before it runs if it could do more than compute on tensors."""
     from ml.gan.generator import GeneratorContractError, load_generator
 
     try:
-        return load_generator(ctx.open_model(p.generator), ctx.device, latent_dim=p.latent_dim, prior=p.prior)
+        return load_generator(
+            ctx.open_model(p.generator),
+            ctx.device,
+            latent_dim=p.latent_dim,
+            prior=p.prior,
+            check_archive=_check_generator_archive,
+            allowed_ops=ALLOWED_OPS,
+        )
     except GeneratorContractError as exc:
         raise JobInputError(f"generator {p.generator}: {exc}") from exc
 
