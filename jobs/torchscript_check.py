@@ -264,8 +264,8 @@ class _SourceChecker:
         for sub in ast.walk(node):
             if sub is not node and isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
                 self.refuse(sub, "a nested function or class")
-            elif isinstance(sub, ast.Import | ast.ImportFrom | ast.Global | ast.Nonlocal | ast.AsyncFunctionDef):
-                self.refuse(sub, f"a {type(sub).__name__} statement")
+            elif isinstance(sub, ast.Import | ast.ImportFrom | ast.Global | ast.Nonlocal):
+                self.refuse(sub, f"{type(sub).__name__} statement")
             elif isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store | ast.Del):
                 local.add(sub.id)
         for name in sorted(local & _SHADOWING):
@@ -281,9 +281,6 @@ class _SourceChecker:
 
     def expr(self, node: ast.AST, local: frozenset[str]) -> None:
         """Check `node` and everything under it; attribute chains and calls are checked whole."""
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            self.refuse(node, "an import")
-            return
         if isinstance(node, ast.Attribute):
             self.attribute(node, local)
             return
@@ -306,9 +303,9 @@ class _SourceChecker:
         func = node.func
         if isinstance(func, ast.Name) and func.id in ("getattr", "hasattr") and func.id not in local:
             self.getattr_call(node, local)
-        elif not isinstance(func, ast.Name | ast.Attribute):
-            self.refuse(node, f"a call of a {type(func).__name__} expression")
         else:
+            if not isinstance(func, ast.Name | ast.Attribute):
+                self.refuse(node, f"a call of a {type(func).__name__} expression")
             self.expr(func, local)
         for arg in [*node.args, *(k.value for k in node.keywords)]:
             self.expr(arg, local)
