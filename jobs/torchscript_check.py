@@ -5,12 +5,16 @@ Python syntax) and unpickles `data.pkl`, calling every `__setstate__` method it 
 at load time, before any graph can be inspected. So this module reads the zip as data and refuses,
 with a message naming each refused operation:
 
+- `__setstate__` methods, the only archive code `torch.jit.load` runs (a generator needs none);
 - anything outside the archive layout torch writes (paths with `..`, absolute or backslash names,
   several roots, unexpected files, pickles other than data/constants/traced_inputs/debug info);
 - pickles whose globals are not tensor rebuilders, plain containers or the archive's own classes;
 - source that does not parse, imports, nested functions, unknown global names;
 - every operation reference (`torch.<op>` is `aten::<op>`, `ops.<ns>.<op>` is `<ns>::<op>`,
   methods and attributes on values) outside `jobs.torchscript_ops.ALLOWED_OPS`.
+
+Operators written as syntax (`a + b`, `x[i] = y`) compile to arithmetic and indexing ops that
+this check cannot name without torch; the graph check names them exactly.
 
 The API runs it at upload and the worker again before loading (the store may hold a file that
 never passed the API). It is the first of two checks: `ml.gan.script_guard` walks the loaded
@@ -250,6 +254,10 @@ class _SourceChecker:
         for base in [*node.bases, *node.keywords, *node.decorator_list]:
             self.expr(base, frozenset())
         for stmt in node.body:
+            if isinstance(stmt, ast.FunctionDef) and stmt.name == "__setstate__":
+                # The one method torch.jit.load runs, before any graph can be checked: with none,
+                # loading runs no code of the archive, and the graph check sees all the rest first.
+                self.refuse(stmt, f"a __setstate__ method in class {node.name} (code run while loading)")
             if isinstance(stmt, ast.FunctionDef):
                 self.function(stmt)
             elif isinstance(stmt, ast.Assign | ast.AnnAssign | ast.Expr | ast.Pass):

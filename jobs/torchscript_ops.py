@@ -49,8 +49,9 @@ _MATH = _aten(
 _LAYERS = _aten(
     "reshape", "view", "view_as", "reshape_as", "flatten", "unflatten", "unsqueeze", "squeeze", "permute",
     "transpose", "t", "contiguous", "expand", "expand_as", "repeat", "repeat_interleave", "cat", "concat",
-    "stack", "split", "split_with_sizes", "chunk", "unbind", "slice", "select", "narrow", "index_select", "index",
-    "gather", "flip", "roll", "tile", "movedim", "unfold", "constant_pad_nd", "pad", "reflection_pad2d",
+    "stack", "split", "split_with_sizes", "chunk", "unbind", "slice", "select", "narrow", "index_select",
+    "index", "index_put", "index_put_", "gather", "flip", "roll", "tile", "movedim", "unfold", "constant_pad_nd",
+    "pad", "reflection_pad2d",
     "replication_pad2d", "pixel_shuffle", "pixel_unshuffle", "upsample_nearest1d", "upsample_nearest2d",
     "upsample_bilinear2d", "upsample_bicubic2d", "upsample_nearest3d", "upsample_linear1d",
     "upsample_trilinear3d", "_upsample_nearest_exact1d", "_upsample_nearest_exact2d",

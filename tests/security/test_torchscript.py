@@ -119,7 +119,11 @@ def test_a_file_writing_graph_works_unguarded_and_is_refused_before_it_writes(tm
 def test_a_graph_that_writes_at_load_time_is_refused_before_torch_loads_it(tmp_path: Path) -> None:
     target = tmp_path / "planted.bin"
     path = save(scripted(LoadTimeWriter(str(target))), tmp_path / "loadtime.pt")
-    with pytest.raises(GeneratorContractError, match=r"uses .*aten::from_file"):
+    with pytest.raises(UnsafeTorchScriptError) as static:
+        check_torchscript_archive(path)
+    assert refused(static.value) == ["a __setstate__ method in class LoadTimeWriter (code run while loading)",
+                                     "aten::from_file"]  # fmt: skip
+    with pytest.raises(GeneratorContractError, match=r"uses .*__setstate__.*aten::from_file"):
         guarded(path)
     assert not target.exists()  # the static check ran first: torch.jit.load never ran __setstate__
     with quiet_jit():
@@ -196,6 +200,10 @@ HAND_WRITTEN = [
     ("return __torch__.torch.classes.evil.Reader(z)", ["custom class __torch__.torch.classes.evil.Reader"]),
     ("import os\n    return z", ["Import statement"]),
     ("return (lambda: z)()", ["a call of a Lambda expression", "a nested function or class"]),
+    (
+        "return z\n  def __setstate__(self, state: int) -> NoneType:\n    return None",
+        ["a __setstate__ method in class Plain (code run while loading)"],
+    ),
     ("return z(", ["code/__torch__/tests/security/programs.py"]),
 ]
 
