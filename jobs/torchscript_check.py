@@ -23,21 +23,25 @@ graphs with the same allowlist before the first forward pass.
 
 from __future__ import annotations
 
-import ast
 import io
 import pickletools
 import re
 import zipfile
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from jobs.torchscript_ops import ALLOWED_NAMESPACES, ALLOWED_OPS
+from jobs.torchscript_ops import ALLOWED_OPS
+from jobs.torchscript_source import check_sources
 
 MAX_ENTRIES = 100_000
-MAX_SOURCE_BYTES = 16 * 1024 * 1024  # one code file; DCGAN's largest is 6 KB
-MAX_PICKLE_BYTES = 64 * 1024 * 1024  # one pickle; tensors live in data/N, not in the pickle
+# A few MB of code and pickles describe even a big network (DCGAN's: 40 KB); tensors live in data/N,
+# which is never read. The totals bound what a small zip that inflates hugely can cost the API.
+MAX_SOURCE_BYTES = 4 * 1024 * 1024  # one code file
+MAX_PICKLE_BYTES = 64 * 1024 * 1024  # one pickle
+MAX_TOTAL_SOURCE_BYTES = 16 * 1024 * 1024  # all code, kept in memory until parsed
+MAX_TOTAL_READ_BYTES = 256 * 1024 * 1024  # everything inflated, code and pickles
 MAX_REPORTED = 20
 
 _PICKLES = re.compile(r"^(?:data|constants|traced_inputs)\.pkl$|^code/__torch__(?:/\w+)*\.py\.debug_pkl$")
@@ -53,26 +57,6 @@ _PICKLE_GLOBALS = re.compile(
 )
 _CUSTOM_CLASSES = "__torch__.torch.classes"  # C++ classes registered by extensions: native code
 _FORBIDDEN_OPCODES = frozenset({"STACK_GLOBAL", "INST", "OBJ", "EXT1", "EXT2", "EXT4", "PERSID"})
-
-# Names TorchScript's source importer resolves globally that a generator may use.
-_SAFE_GLOBALS = frozenset({"torch", "ops", "__torch__", "CONSTANTS", "__annotations__"})
-_SAFE_BUILTINS = frozenset({
-    "int", "float", "bool", "str", "range", "len", "getattr", "hasattr", "isinstance", "annotate",
-    "unchecked_cast", "uninitialized", "enumerate", "zip", "min", "max", "abs", "list", "tuple", "dict",
-    "round", "sum", "all", "any", "pow", "divmod", "sorted",
-})  # fmt: skip
-_TYPE_NAMES = frozenset({
-    "Tensor", "Optional", "List", "Dict", "Tuple", "Union", "NoneType", "Final", "Any", "Device",
-    "Module", "NamedTuple", "Enum", "number", "Scalar", "Generator", "Layout", "MemoryFormat",
-    "ScalarType", "Storage",
-})  # fmt: skip
-# Globals of the importer that are refused, so that no local of that name can hide a use of them
-# (TorchScript scopes are flow-sensitive: a use before the assignment reaches the global).
-_SHADOWING = frozenset({
-    "fork", "wait", "awaitable", "awaitable_wait", "awaitable_nowait", "print", "rpc_async",
-    "rpc_sync", "rpc_remote", "id", "hash", "open", "exec", "eval", "__import__", "globals", "locals",
-    "breakpoint", "torch", "ops", "__torch__", "CONSTANTS", "getattr", "hasattr",
-})  # fmt: skip
 
 
 class NotTorchScriptError(ValueError):
@@ -104,6 +88,8 @@ class _Archive:
     root: str
     sources: dict[str, str] = field(default_factory=dict)
     refused: list[str] = field(default_factory=list)
+    source_bytes: int = 0
+    read_bytes: int = 0
 
 
 def check_torchscript_archive(source: str | Path | bytes | BinaryIO, allowed: Collection[str] = ALLOWED_OPS) -> None:
@@ -126,7 +112,7 @@ def check_torchscript_archive(source: str | Path | bytes | BinaryIO, allowed: Co
         raise NotTorchScriptError(f"not a zip archive ({exc})") from None
     with zf:
         archive = _read_archive(zf)
-    refused = archive.refused + _check_sources(archive.sources, frozenset(allowed))
+    refused = archive.refused + check_sources(archive.sources, frozenset(allowed))
     if refused:
         raise UnsafeTorchScriptError(sorted(set(refused), key=refused.index))
 
@@ -153,6 +139,9 @@ def _read_archive(zf: zipfile.ZipFile) -> _Archive:
         if _SOURCE.match(rel):
             text = _read(zf, info, MAX_SOURCE_BYTES, archive)
             if text is not None:
+                archive.source_bytes += len(text)
+                if archive.source_bytes > MAX_TOTAL_SOURCE_BYTES:
+                    raise UnsafeTorchScriptError([*archive.refused, f"code past {MAX_TOTAL_SOURCE_BYTES} bytes in all"])
                 try:
                     archive.sources[rel] = text.decode("utf-8")
                 except UnicodeDecodeError:
@@ -179,6 +168,12 @@ def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, archive: _Arch
     if len(raw) > limit:
         archive.refused.append(f"{info.filename} (larger than {limit} bytes)")
         return None
+    archive.read_bytes += len(raw)
+    if archive.read_bytes > MAX_TOTAL_READ_BYTES:
+        # Stop reading at once: the rest could inflate without bound.
+        raise UnsafeTorchScriptError(
+            [*archive.refused, f"code and pickles inflating past {MAX_TOTAL_READ_BYTES} bytes"]
+        )
     return raw
 
 
@@ -196,183 +191,3 @@ def _check_pickle(rel: str, raw: bytes) -> list[str]:
     except Exception as exc:  # pickletools raises ValueError and others on malformed input
         refused.append(f"{rel}: unreadable pickle ({type(exc).__name__}: {exc})")
     return refused
-
-
-def _declared_names(trees: Iterable[ast.Module]) -> set[str]:
-    """Methods, classes and attributes the archive's own classes declare (callable on their objects)."""
-    names: set[str] = set()
-    for tree in trees:
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ClassDef | ast.FunctionDef):
-                names.add(node.name)
-            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                names.add(node.target.id)
-    return names
-
-
-def _check_sources(sources: dict[str, str], allowed: frozenset[str]) -> list[str]:
-    refused: list[str] = []
-    trees: dict[str, ast.Module] = {}
-    for rel, text in sorted(sources.items()):
-        try:
-            trees[rel] = ast.parse(text, filename=rel)
-        except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
-            refused.append(f"{rel} (source that does not parse: {type(exc).__name__})")
-    attrs = _declared_names(trees.values()) | {op.split("::", 1)[1] for op in allowed}
-    for rel, tree in trees.items():
-        checker = _SourceChecker(rel, allowed, frozenset(attrs))
-        try:
-            checker.module(tree)
-        except RecursionError:
-            checker.refuse(tree, "nesting too deep to check")
-        refused += checker.refused
-    return refused
-
-
-class _SourceChecker:
-    """Walks one serialized source file and records every reference outside the allowlist."""
-
-    def __init__(self, rel: str, allowed: frozenset[str], attrs: frozenset[str]) -> None:
-        self.rel, self.allowed, self.attrs = rel, allowed, attrs
-        self.refused: list[str] = []
-
-    def refuse(self, node: ast.AST, what: str) -> None:
-        self.refused.append(f"{what} ({self.rel} line {getattr(node, 'lineno', '?')})")
-
-    def module(self, tree: ast.Module) -> None:
-        for stmt in tree.body:
-            if isinstance(stmt, ast.ClassDef):
-                self.klass(stmt)
-            elif isinstance(stmt, ast.FunctionDef):
-                self.function(stmt)
-            elif isinstance(stmt, ast.Assign | ast.AnnAssign | ast.Expr):
-                self.expr(stmt, frozenset())
-            else:
-                self.refuse(stmt, f"top-level {type(stmt).__name__} statement")
-
-    def klass(self, node: ast.ClassDef) -> None:
-        for base in [*node.bases, *node.keywords, *node.decorator_list]:
-            self.expr(base, frozenset())
-        for stmt in node.body:
-            if isinstance(stmt, ast.FunctionDef) and stmt.name == "__setstate__":
-                # The one method torch.jit.load runs, before any graph can be checked: with none,
-                # loading runs no code of the archive, and the graph check sees all the rest first.
-                self.refuse(stmt, f"a __setstate__ method in class {node.name} (code run while loading)")
-            if isinstance(stmt, ast.FunctionDef):
-                self.function(stmt)
-            elif isinstance(stmt, ast.Assign | ast.AnnAssign | ast.Expr | ast.Pass):
-                self.expr(stmt, frozenset())
-            else:
-                self.refuse(stmt, f"{type(stmt).__name__} statement in class {node.name}")
-
-    def function(self, node: ast.FunctionDef) -> None:
-        args = node.args
-        params = [*args.posonlyargs, *args.args, *args.kwonlyargs, *filter(None, [args.vararg, args.kwarg])]
-        local = {a.arg for a in params}
-        for sub in ast.walk(node):
-            if sub is not node and isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
-                self.refuse(sub, "a nested function or class")
-            elif isinstance(sub, ast.Import | ast.ImportFrom | ast.Global | ast.Nonlocal):
-                self.refuse(sub, f"{type(sub).__name__} statement")
-            elif isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store | ast.Del):
-                local.add(sub.id)
-        for name in sorted(local & _SHADOWING):
-            self.refuse(node, f"a local named {name!r} (hides a builtin)")
-        for item in [*node.decorator_list, *node.body, *args.defaults, *args.kw_defaults]:
-            if item is not None:
-                self.expr(item, frozenset(local))
-        for a in params:
-            if a.annotation is not None:
-                self.expr(a.annotation, frozenset())
-        if node.returns is not None:
-            self.expr(node.returns, frozenset())
-
-    def expr(self, node: ast.AST, local: frozenset[str]) -> None:
-        """Check `node` and everything under it; attribute chains and calls are checked whole."""
-        if isinstance(node, ast.Attribute):
-            self.attribute(node, local)
-            return
-        if isinstance(node, ast.Name):
-            if isinstance(node.ctx, ast.Load):
-                self.name(node, local)
-            return
-        if isinstance(node, ast.Call):
-            self.call(node, local)
-            return
-        for child in ast.iter_child_nodes(node):
-            self.expr(child, local)
-
-    def name(self, node: ast.Name, local: frozenset[str]) -> None:
-        known = _SAFE_GLOBALS | _SAFE_BUILTINS | _TYPE_NAMES
-        if node.id not in local and node.id not in known:
-            self.refuse(node, f"unknown name {node.id!r}")
-
-    def call(self, node: ast.Call, local: frozenset[str]) -> None:
-        func = node.func
-        if isinstance(func, ast.Name) and func.id in ("getattr", "hasattr") and func.id not in local:
-            self.getattr_call(node, local)
-        else:
-            if not isinstance(func, ast.Name | ast.Attribute):
-                self.refuse(node, f"a call of a {type(func).__name__} expression")
-            self.expr(func, local)
-        for arg in [*node.args, *(k.value for k in node.keywords)]:
-            self.expr(arg, local)
-
-    def getattr_call(self, node: ast.Call, local: frozenset[str]) -> None:
-        """`getattr(obj, "name")` reaches the same things as `obj.name`, so it is held to the same rule."""
-        if (
-            len(node.args) != 2
-            or node.keywords
-            or not isinstance(node.args[1], ast.Constant)
-            or not isinstance(node.args[1].value, str)
-        ):
-            self.refuse(node, "getattr without a literal attribute name")
-            return
-        target, attr = node.args[0], node.args[1].value
-        if isinstance(target, ast.Name) and target.id in _SAFE_GLOBALS:
-            self.refuse(node, f"getattr on {target.id}")
-        elif attr.isidentifier() and attr not in self.attrs:
-            self.refuse(node, f"attribute or method {attr!r}")
-        self.expr(target, local)
-
-    def attribute(self, node: ast.Attribute, local: frozenset[str]) -> None:
-        parts: list[str] = []
-        base: ast.AST = node
-        while isinstance(base, ast.Attribute):
-            parts.append(base.attr)
-            base = base.value
-        parts.reverse()
-        if (
-            isinstance(base, ast.Name)
-            and base.id not in local
-            and base.id in ("torch", "ops", "__torch__", "CONSTANTS")
-        ):
-            self.qualified(node, base.id, parts)
-            return
-        for attr in parts:
-            if attr not in self.attrs:
-                self.refuse(node, f"attribute or method {attr!r}")
-        self.expr(base, local)
-
-    def qualified(self, node: ast.AST, root: str, parts: list[str]) -> None:
-        """A reference through one of the importer's global modules."""
-        if root == "torch":
-            if len(parts) != 1:
-                self.refuse(node, f"torch.{'.'.join(parts)}")
-            else:
-                self.op(node, f"aten::{parts[0]}")
-        elif root == "ops":
-            if len(parts) != 2:
-                self.refuse(node, f"ops.{'.'.join(parts)}")
-            elif parts[0] not in ALLOWED_NAMESPACES:
-                self.refuse(node, f"{parts[0]}::{parts[1]} (namespace {parts[0]!r} is not allowed)")
-            else:
-                self.op(node, f"{parts[0]}::{parts[1]}")
-        elif root == "__torch__" and parts[:2] == ["torch", "classes"]:
-            self.refuse(node, f"custom class __torch__.{'.'.join(parts)}")
-        elif root == "CONSTANTS" and len(parts) != 1:
-            self.refuse(node, f"CONSTANTS.{'.'.join(parts)}")
-
-    def op(self, node: ast.AST, op: str) -> None:
-        if op not in self.allowed:
-            self.refuse(node, op)

@@ -40,7 +40,7 @@ FORM = multipart_body(
 async def create_model(
     request: Request, key: CurrentKey, session: SessionDep, settings: SettingsDep, store: StoreDep
 ) -> Model:
-    """Upload a model file; a generator must be a TorchScript archive (checked without torch)."""
+    """Upload a model file; a generator must be TorchScript of pure tensor operations (checked without torch)."""
     # End the key check's read transaction: no pooled connection is held while the body streams in.
     session.commit()
     async with upload_dir(settings) as workdir:

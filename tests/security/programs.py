@@ -99,7 +99,7 @@ def rewrite(
     entries added (`add`: whole names, so they can also be hostile ones)."""
     replace, add = replace or {}, add or {}
     out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(archive)) as src, zipfile.ZipFile(out, "w") as dst:
+    with zipfile.ZipFile(io.BytesIO(archive)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
         root = src.namelist()[0].split("/", 1)[0]
         for info in src.infolist():
             rel = info.filename.split("/", 1)[1]

@@ -246,6 +246,19 @@ def test_the_archive_layout_and_its_pickles_are_checked() -> None:
     check_torchscript_archive(rewrite(plain, add={"{root}/extra/generator.json": b"{}"}))  # torch's extra files
 
 
+def test_code_that_inflates_past_the_bounds_is_refused_without_being_kept() -> None:
+    plain, mib = scripted(Plain()), 1024 * 1024
+    big = rewrite(plain, add={"{root}/code/__torch__/big.py": b"#" * (5 * mib)})  # 5 MiB in a 5 KiB zip
+    assert len(big) < 64 * 1024
+    with pytest.raises(UnsafeTorchScriptError) as err:
+        check_torchscript_archive(big)
+    assert err.value.refused == ["archive/code/__torch__/big.py (larger than 4194304 bytes)"]
+    many = rewrite(plain, add={f"{{root}}/code/__torch__/m{i}.py": b"#" * (4 * mib - 1) for i in range(5)})
+    with pytest.raises(UnsafeTorchScriptError) as err:
+        check_torchscript_archive(many)
+    assert err.value.refused == ["code past 16777216 bytes in all"]
+
+
 def test_what_is_not_torchscript_is_told_apart(tmp_path: Path) -> None:
     state_dict = io.BytesIO()
     torch.save({"weight": torch.zeros(2)}, state_dict)
