@@ -61,7 +61,7 @@ _LAYERS = _aten(
     "batch_norm", "instance_norm", "layer_norm", "group_norm", "dropout", "feature_dropout", "alpha_dropout",
     "dropout_", "feature_dropout_", "alpha_dropout_", "avg_pool1d", "avg_pool2d", "max_pool1d", "max_pool2d",
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool2d", "embedding",
-    "scaled_dot_product_attention",
+    "scaled_dot_product_attention", "baddbmm", "_native_multi_head_attention", "_transformer_encoder_layer_fwd",
 )  # fmt: skip
 
 # New tensors with defined contents (never `empty`: uninitialised memory can hold other data).
@@ -75,7 +75,7 @@ _CREATION = _aten(
 _TENSOR_META = _aten(
     "to", "type_as", "float", "double", "half", "int", "long", "bool", "detach", "clone",
     "requires_grad_", "size", "dim", "numel", "item", "is_floating_point", "Int", "Float", "Bool",
-    "ScalarImplicit", "IntImplicit", "FloatImplicit", "device", "dtype",
+    "ScalarImplicit", "IntImplicit", "FloatImplicit", "device", "dtype", "is_grad_enabled",
 )  # fmt: skip
 
 # What TorchScript compiles Python's numbers, lists, strings and control flow into.
@@ -94,7 +94,7 @@ _PRIM = frozenset(
         "DictConstruct", "DictIndex", "RaiseException", "NumToTensor", "unchecked_cast",
         "unchecked_unwrap_optional", "Uninitialized", "isinstance", "min", "max", "abs", "device",
         "dtype", "shape", "layout", "is_cuda", "requires_grad", "data", "AutogradZero", "AutogradAdd",
-        "ImplicitTensorToNum", "StringIndex", "ListIndex",
+        "ImplicitTensorToNum", "StringIndex", "ListIndex", "is_nested", "type",
     )
 )  # fmt: skip
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from jobs.torchscript_ops import ALLOWED_NAMESPACES
 
 # Names TorchScript's source importer resolves globally that a generator may use.
-_SAFE_GLOBALS = frozenset({"torch", "ops", "__torch__", "CONSTANTS", "__annotations__"})
+_SAFE_GLOBALS = frozenset({"torch", "ops", "__torch__", "CONSTANTS", "__annotations__", "inf", "nan"})
 _SAFE_BUILTINS = frozenset({
     "int", "float", "bool", "str", "range", "len", "getattr", "hasattr", "isinstance", "annotate",
     "unchecked_cast", "uninitialized", "enumerate", "zip", "min", "max", "abs", "list", "tuple", "dict",

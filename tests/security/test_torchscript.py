@@ -81,6 +81,25 @@ def test_the_projects_generators_pass_both_checks(tmp_path: Path) -> None:
             assert torch.equal(module(z), dcgan(z))
 
 
+LAYERS = {
+    "upsample-bilinear": nn.Upsample(scale_factor=2, mode="bilinear"), "upsample-nearest": nn.Upsample(scale_factor=2),
+    "pixel-shuffle": nn.PixelShuffle(2), "reflect-conv": nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect"),
+    "instance-norm": nn.InstanceNorm2d(3, affine=True), "group-norm": nn.GroupNorm(1, 3), "layer-norm": nn.LayerNorm(4),
+    "embedding": nn.Embedding(10, 4), "activations": nn.Sequential(nn.SiLU(), nn.GELU(), nn.ELU(), nn.PReLU(),
+    nn.Softplus(), nn.Sigmoid(), nn.Hardtanh(), nn.LeakyReLU(0.2, True)), "dropout2d": nn.Dropout2d(),
+    "pooling": nn.Sequential(nn.MaxPool2d(2), nn.AvgPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+    "padding": nn.Sequential(nn.ZeroPad2d(1), nn.ReplicationPad2d(1)), "attention": nn.TransformerEncoderLayer(4, 2, 8),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_common_generator_layers_pass_both_checks(name: str) -> None:
+    data = scripted(LAYERS[name])
+    check_torchscript_archive(data)
+    with quiet_jit():
+        check_script_module(torch.jit.load(io.BytesIO(data)), ALLOWED_OPS)
+
+
 def test_a_file_reading_graph_works_unguarded_and_is_refused_by_both_checks(tmp_path: Path, secret: Path) -> None:
     path = save(scripted(FileReader(str(secret))), tmp_path / "reader.pt")
     with quiet_jit():
