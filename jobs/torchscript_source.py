@@ -157,6 +157,8 @@ class _SourceChecker:
         func = node.func
         if isinstance(func, ast.Name) and func.id in ("getattr", "hasattr") and func.id not in local:
             self.getattr_call(node, local)
+        elif isinstance(func, ast.Name) and func.id in _TYPE_NAMES and func.id not in local:
+            self.refuse(node, f"a call of the type {func.id}")  # types are for annotations only
         else:
             if not isinstance(func, ast.Name | ast.Attribute):
                 self.refuse(node, f"a call of a {type(func).__name__} expression")

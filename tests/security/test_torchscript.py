@@ -215,6 +215,7 @@ HAND_WRITTEN = [
     ("f = getattr(z, 'set_')\n    return f(z)", ["attribute or method 'set_'"]),
     ("_0 = fork(__torch__.f, z)\n    return z", ["unknown name 'fork'"]),
     ("_0 = print(z)\n    return z", ["unknown name 'print'"]),
+    ("_0 = Storage(z)\n    return z", ["a call of the type Storage"]),
     ("_0 = fork(z)\n    fork = 1\n    return z", ["a local named 'fork' (hides a builtin)"]),
     ("return __torch__.torch.classes.evil.Reader(z)", ["custom class __torch__.torch.classes.evil.Reader"]),
     ("import os\n    return z", ["Import statement"]),
