@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import warnings
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -277,6 +278,22 @@ def test_code_that_inflates_past_the_bounds_is_refused_without_being_kept() -> N
     with pytest.raises(UnsafeTorchScriptError) as err:
         check_torchscript_archive(many)
     assert err.value.refused == ["code past 16777216 bytes in all"]
+
+
+def test_an_entry_that_does_not_inflate_is_refused() -> None:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+        zf.writestr("archive/code/__torch__/x.py", b"class X(Module):\n  pass\n" * 200)
+    data = bytearray(out.getvalue())
+    info = zipfile.ZipFile(io.BytesIO(bytes(data))).getinfo("archive/code/__torch__/x.py")
+    start = info.header_offset + 30 + len(info.filename)  # the local header, then the deflated bytes
+    data[start : start + 8] = b"\xff" * 8
+    with pytest.raises(UnsafeTorchScriptError) as err:
+        check_torchscript_archive(bytes(data))
+    assert err.value.refused == [
+        "archive/code/__torch__/x.py (unreadable: Error -3 while decompressing data: invalid block type)"
+    ]
 
 
 def test_what_is_not_torchscript_is_told_apart(tmp_path: Path) -> None:
