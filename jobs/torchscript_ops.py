@@ -5,15 +5,15 @@ here reads and writes nothing but its tensor, list and number arguments: no file
 (`aten::from_file`, `aten::save`), no threads or remote calls (`prim::fork`, `aten::wait`,
 `aten::rpc_*`), no raw or uninitialised memory (`aten::as_strided`, `aten::empty`, `aten::set_`,
 `aten::resize_`, which could hand back bytes of other objects in the worker, its credentials
-included), no printing, no C++ custom classes. Anything not listed is refused: an allowlist,
-not a denylist, because torch grows new operators with every release.
+included), no printing (`aten::warn`, which torch's own functional code calls, reaches only the
+worker's log), no C++ custom classes. Anything not listed is refused: an allowlist, not a
+denylist, because torch grows new operators with every release.
 
 `jobs.torchscript_check` applies it to an archive's serialized source before torch ever sees the
-file (at upload, and on the worker before `torch.jit.load`, which already runs `__setstate__`
-code); `ml.gan.script_guard` applies it again to the loaded graphs (calls inlined, so no
-`prim::CallFunction`/`prim::CallMethod` is listed), whose node kinds are the same `namespace::name`
-strings. The worker passes `ALLOWED_OPS` to the latter, so this stays the only
-copy.
+file (at upload, and on the worker before `torch.jit.load`); `ml.gan.script_guard` applies it
+again to the loaded graphs (calls inlined, so no `prim::CallFunction`/`prim::CallMethod` is
+listed), whose node kinds are the same `namespace::name` strings. The worker passes `ALLOWED_OPS`
+to the latter, so this stays the only copy.
 """
 
 from __future__ import annotations
