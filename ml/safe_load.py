@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 import re
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -47,12 +49,42 @@ def _opened(data: Path | bytes) -> Path | io.BytesIO:
 
 
 def _globals_named(source: Path | bytes, exc: Exception) -> list[str]:
-    """The globals of a refused pickle: torch's static scan of the archive, else its error message."""
+    """The globals of a refused pickle, for the message: torch's static scan, else ours, else its message."""
     try:
         found = torch.serialization.get_unsafe_globals_in_checkpoint(_opened(source))
-    except Exception:  # a legacy (non-zip) file or a broken archive: the message names the first one
-        found = GLOBAL_IN_MESSAGE.findall(str(exc))
+    except Exception:  # an opcode torch's scan does not know (protocol 4+), a legacy file, a broken archive
+        found = _scan_globals(source) or GLOBAL_IN_MESSAGE.findall(str(exc))
     return sorted(set(found))
+
+
+def _scan_globals(source: Path | bytes) -> list[str]:
+    """Globals named in the archive's data.pkl other than torch's and OrderedDict (read, never run)."""
+    found: list[str] = []
+    try:
+        with zipfile.ZipFile(_opened(source)) as zf:
+            name = next(n for n in zf.namelist() if n.endswith("/data.pkl"))
+            data = zf.read(name)
+        # STACK_GLOBAL takes the two values pushed before it, strings either written there or
+        # fetched from the memo: follow pushes and the memo just enough to name them.
+        pushed: list[str | None] = []
+        memo: dict[int, str | None] = {}
+        for op, arg, _ in pickletools.genops(data):
+            top = pushed[-1] if pushed else None
+            if op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(pushed) >= 2 and None not in pushed[-2:]:
+                found.append(f"{pushed[-2]}.{pushed[-1]}")
+            if op.name == "MEMOIZE":
+                memo[len(memo)] = top
+            elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[int(arg)] = top  # type: ignore[arg-type]
+            elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                pushed.append(memo.get(int(arg)))  # type: ignore[arg-type]
+            else:
+                pushed.append(arg if isinstance(arg, str) and "UNICODE" in op.name else None)
+    except Exception:  # not a zip, no data.pkl, a truncated pickle: torch's message is all there is
+        pass
+    return [g for g in found if not g.startswith("torch.") and g != "collections.OrderedDict"]
 
 
 def _reason(exc: Exception) -> str:
