@@ -98,8 +98,10 @@ def load_encoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[
         raise EncoderFileError(str(exc)) from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise EncoderFileError(f"{file.name} is not a facejobs latent encoder (format {FORMAT})")
-    in_channels, latent_dim, size = blob.get("in_channels"), blob.get("latent_dim"), blob.get("image_size")
-    if in_channels not in (1, 3) or not _small_int(latent_dim, MAX_LATENT_DIM):
+    in_channels: Any = blob.get("in_channels")
+    latent_dim: Any = blob.get("latent_dim")
+    size: Any = blob.get("image_size")
+    if not (_small_int(in_channels, 3) and in_channels != 2) or not _small_int(latent_dim, MAX_LATENT_DIM):
         raise EncoderFileError(
             f"{file.name}: in_channels must be 1 or 3 and latent_dim 1..{MAX_LATENT_DIM}, "
             f"got {str(in_channels)[:20]} and {str(latent_dim)[:20]}"

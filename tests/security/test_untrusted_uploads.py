@@ -15,6 +15,7 @@ from sqlalchemy import update
 
 from jobs.models import Job
 from jobs.states import JobStatus
+from jobs.weights_file import check_weights_file
 from tests.api.factories import add_artifact, add_job, key_id, upload
 from tests.platform.test_worker import submit
 from tests.security.payloads import Payload, saved, tiny_model, with_payload
@@ -35,17 +36,14 @@ def test_model_uploads_that_are_not_plain_weights_get_400_and_nothing_is_stored(
     canary = tmp_path / "canary"
     paths = tiny_model(tmp_path / "model")
     good = paths["backbone.pt"].read_bytes()
-    for protocol in (2, 4):
-        evil = with_payload(paths["backbone.pt"], canary, protocol)
+    for protocol, legacy in ((2, False), (4, False), (2, True)):
+        evil = with_payload(paths["backbone.pt"], canary, protocol, legacy)
         refused(upload(stack.client, "/models", "backbone.pt", evil, kind="backbone"), "unsafe_weights",
                 f"backbone.pt {UNSAFE}")  # fmt: skip
         refused(upload(stack.client, "/models", "vggface2.pt", evil, kind="facenet"), "unsafe_weights",
                 f"vggface2.pt {UNSAFE}")  # fmt: skip
     facenet_evil = saved({"conv.weight": torch.zeros(2), "logits.weight": Payload(canary)})
     refused(upload(stack.client, "/models", "w.pt", facenet_evil, kind="facenet"), "unsafe_weights", f"w.pt {UNSAFE}")
-    legacy = saved({"w": torch.zeros(2)}, legacy=True)
-    refused(upload(stack.client, "/models", "old.pt", legacy, kind="facenet"), "invalid_weights",
-            "old.pt is a legacy (non-zip) torch file")  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit is deprecated upstream
         torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / "ts.pt"))
@@ -68,7 +66,22 @@ def test_model_uploads_that_are_not_plain_weights_get_400_and_nothing_is_stored(
 
     ok = upload(stack.client, "/models", "backbone.pt", good, kind="backbone")
     assert (ok.status_code, ok.json()["kind"], ok.json()["size"]) == (201, "backbone", len(good)), ok.text
-    assert stack.store.list("models") == [f"models/{ok.json()['id']}/backbone.pt"]
+    # torch's format before 1.6, as facenet-pytorch's published weights are: read as data too.
+    legacy = upload(stack.client, "/models", "vggface2.pt", saved({"w": torch.zeros(2)}, legacy=True), kind="facenet")
+    assert legacy.status_code == 201, legacy.text
+    assert sorted(stack.store.list("models")) == sorted(
+        [f"models/{ok.json()['id']}/backbone.pt", f"models/{legacy.json()['id']}/vggface2.pt"]
+    )
+
+
+def test_the_published_legacy_format_reads_as_data() -> None:
+    """facenet-pytorch ships its MTCNN weights in torch's pre-1.6 format, as its FaceNet downloads are."""
+    import facenet_pytorch
+
+    folder = Path(facenet_pytorch.__file__).parent / "data"
+    counts = {f: len(check_weights_file(folder / f, "facenet", f)) for f in ("pnet.pt", "rnet.pt", "onet.pt")}
+    expected = {f: len(torch.load(folder / f, weights_only=True)) for f in counts}
+    assert counts == expected == {"pnet.pt": 13, "rnet.pt": 16, "onet.pt": 21}
 
 
 def test_hostile_objects_in_the_store_fail_their_jobs_on_a_real_worker(stack: Stack, tmp_path: Path) -> None:
