@@ -5,7 +5,9 @@ real worker, while the payload's canary file stays absent (issue 11.1).
 
 from __future__ import annotations
 
+import io
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from sqlalchemy import update
 
 from jobs.models import Job
 from jobs.states import JobStatus
-from jobs.weights_file import check_weights_file
+from jobs.weights_file import WeightsFileError, check_weights_file
 from tests.api.factories import add_artifact, add_job, key_id, upload
 from tests.platform.test_worker import submit
 from tests.security.payloads import Payload, saved, tiny_model, with_payload
@@ -124,3 +126,36 @@ def test_hostile_objects_in_the_store_fail_their_jobs_on_a_real_worker(stack: St
         assert job["error"].startswith(message), job["error"]
         assert "Traceback" not in job["error"]
     assert [name for name, path in canaries.items() if path.exists()] == []
+
+
+def _rezip(data: bytes, replace: dict[str, bytes]) -> bytes:
+    """The torch archive `data` with the members whose names end with a key of `replace` swapped."""
+    src, out = zipfile.ZipFile(io.BytesIO(data)), io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            swap = [v for k, v in replace.items() if info.filename.endswith(k)]
+            dst.writestr(info.filename, swap[0] if swap else src.read(info))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("replace", "code", "message"),
+    [
+        ({"/data/0": b"\0" * 8}, "invalid_weights", "w.pt: storage '0' is missing or not 4 float32 values"),
+        ({"/data.pkl": b"\x80\x02\x82\x01."}, "unsafe_weights", "w.pt's pickle uses an extension code (EXT1)"),
+        ({"/data.pkl": b"\x80\x02ctorch\nFloatStorage\n}b."}, "invalid_weights",
+         "w.pt: a tensor or storage record carries extra state"),
+        ({"/data.pkl": b"\x80\x02ctorch\nFloatStorage\n."}, "invalid_weights",
+         "w.pt: the state dict must be a non-empty dict of tensors"),
+        ({"/data.pkl": b"\x80\x02cbuiltins\neval\n."}, "unsafe_weights",
+         "w.pt was refused: its pickle names builtins.eval"),
+    ],
+)  # fmt: skip
+def test_the_upload_reader_checks_storages_and_refuses_tricks(
+    tmp_path: Path, replace: dict[str, bytes], code: str, message: str
+) -> None:
+    path = tmp_path / "w.pt"
+    path.write_bytes(_rezip(saved({"w": torch.zeros(4)}), replace))
+    with pytest.raises(WeightsFileError) as err:
+        check_weights_file(path, "facenet", "w.pt")
+    assert (err.value.code, str(err.value)[: len(message)]) == (code, message)
