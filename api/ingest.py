@@ -27,11 +27,13 @@ from jobs.settings import Settings
 from jobs.states import utcnow
 from jobs.store import Store, StoredObject, join_key
 from jobs.torchscript_check import NotTorchScriptError, UnsafeTorchScriptError, check_torchscript_archive
+from jobs.weights_file import WeightsFileError, check_weights_file
 
 log = logging.getLogger(__name__)
 PUT_THREADS = 8
 MODEL_KINDS = ("generator", "facenet", "backbone")
 MAX_REFUSED_SHOWN = 50
+WEIGHT_KINDS = ("facenet", "backbone")  # state dicts, checked as data (a generator is TorchScript)
 
 
 class StoreUnavailable(ApiError):
@@ -135,6 +137,18 @@ def parse_meta(raw: str | None) -> dict[str, Any]:
     return meta
 
 
+def check_weights_upload(path: Path, kind: str, filename: str) -> None:
+    """400 unless `path` is plain tensor data laid out as the worker's loader of `kind` reads it.
+
+    The file is read as data (`jobs.weights_file`: torch is not imported and nothing in it runs);
+    the worker reads it again with `weights_only=True` and checks every tensor against the network.
+    """
+    try:
+        check_weights_file(path, kind, filename)
+    except WeightsFileError as exc:
+        raise ApiError(400, exc.code, str(exc)) from None
+
+
 def ingest_model(session: Session, store: Store, key: ApiKey, upload: ReceivedFile, fields: dict[str, str]) -> Model:
     """Check the model file, store it under `models/{id}/{filename}` and create the Model row."""
     kind = fields.get("kind", "")
@@ -150,6 +164,8 @@ def ingest_model(session: Session, store: Store, key: ApiKey, upload: ReceivedFi
     name = clean_name(fields.get("name"), Path(filename).stem or "model")
     if kind == "generator":
         check_generator_upload(upload.path)
+    if kind in WEIGHT_KINDS:
+        check_weights_upload(upload.path, kind, filename)
     model_id = new_id()
     object_key = join_key(f"models/{model_id}", filename)
     (stored,) = put_all(store, [(object_key, upload.path, "application/octet-stream")], "model")

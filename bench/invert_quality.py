@@ -110,7 +110,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     backbone, weight, config = load_trained(job["model"], device)
     norm = Normalization.from_json(config["normalize"])
     clf = lenet().to(device)
-    clf.load_state_dict(torch.load(job["lenet"], map_location=device))
+    clf.load_state_dict(torch.load(job["lenet"], map_location=device, weights_only=True))
     clf.eval()
     weight_n = F.normalize(weight.float(), dim=0)
     labels = torch.arange(weight.shape[1], device=device).repeat_interleave(job["images_per_class"])

@@ -13,6 +13,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from ml.safe_load import load_checkpoint_bytes
+
 
 @runtime_checkable
 class Callbacks(Protocol):
@@ -93,6 +95,7 @@ class LocalCallbacks:
             raise StopRequested(f"stopped after {self.checkpoints_saved} checkpoints")
 
     def load_checkpoint(self) -> dict[str, Any] | None:
+        """The last checkpoint, read as data only (`ml.safe_load`: it may have been written by anyone)."""
         if self.checkpoint_dir is not None:
             path = self.checkpoint_dir / "checkpoint.pt"
             if not path.exists():
@@ -102,8 +105,7 @@ class LocalCallbacks:
             return None
         else:
             data = self._checkpoint_bytes
-        state: dict[str, Any] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-        return state
+        return load_checkpoint_bytes(data, "checkpoint.pt")
 
     def preview(self, name: str, png: bytes) -> None:
         self.previews[name] = png

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.embedding_model import Normalization, TrainedModelError, load_trained, preprocess
+from ml.safe_load import UnsafeFileError, WeightsMismatchError, check_fits, facenet_state_dict, load_data_file
 
 FACENET_FILES = {
     "vggface2": "20180402-114759-vggface2.pt",
@@ -134,18 +135,18 @@ def load_facenet(
             ) from None
     else:
         file = _find_weights_file(Path(path), weights)
-        try:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ModelLoadError(f"{file.name} is not a readable torch state_dict: {exc}") from None
-        if not isinstance(state, dict):
-            raise ModelLoadError(f"{file.name} holds a {type(state).__name__}, not a state_dict")
-        state = {k: v for k, v in state.items() if not k.startswith("logits.")}  # the classifier is unused
         module = InceptionResnetV1(pretrained=None)
         try:
-            module.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ModelLoadError(f"{file.name} is not an InceptionResnetV1 state_dict: {str(exc)[:300]}") from None
+            state = facenet_state_dict(load_data_file(file, file.name), file.name)
+        except UnsafeFileError as exc:
+            raise ModelLoadError(f"{file.name} is not a readable torch state_dict: {exc}") from None
+        except WeightsMismatchError as exc:
+            raise ModelLoadError(f"{file.name} is not a state_dict of tensors: {exc}") from None
+        try:
+            check_fits(module, state, file.name, "InceptionResnetV1")
+        except WeightsMismatchError as exc:
+            raise ModelLoadError(f"{file.name} is not an InceptionResnetV1 state_dict: {exc}") from None
+        module.load_state_dict(state, strict=True)
     module.eval().to(device)
     return FaceModel(
         module=module,

@@ -13,6 +13,7 @@ A trained model is a folder with
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ml.backbones import create_backbone
+from ml.backbones import backbone_defaults, create_backbone
+from ml.safe_load import UnsafeFileError, WeightsMismatchError, check_fits, load_data_file, tensor_dict
 from ml.verify import VerificationReport, embed_images, evaluate_embeddings
 
 WARPS = ("none", "roi_tanh", "roi_tanh_polar", "roi_tanh_circular")
 FORMAT = "facejobs.embedding/1"
+MAX_IMAGE_SIDE = 1024  # a network input side; larger would be a caller asking the worker for gigabytes
 
 
 class TrainedModelError(ValueError):
@@ -150,19 +153,111 @@ def save_trained(
     return paths
 
 
-def load_backbone_file(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a backbone from backbone.pt alone: (module in eval mode, its saved header)."""
+def _read(path: Path) -> Any:
+    """A model file's content, read as data only (`ml.safe_load`)."""
     try:
-        blob = torch.load(Path(path), map_location="cpu", weights_only=False)
+        return load_data_file(path, path.name)
     except FileNotFoundError:
-        raise TrainedModelError(f"no backbone file at {path}") from None
+        raise TrainedModelError(f"no {path.name} at {path.parent}") from None
+    except UnsafeFileError as exc:
+        raise TrainedModelError(str(exc)) from None
+
+
+def _check_input_config(config: dict[str, Any], name: str) -> None:
+    """Refuse input-pipeline settings that are not what `save_trained` writes (or would cost anything)."""
+    size = config.get("image_size")
+    if size is not None and not (
+        isinstance(size, list | tuple)
+        and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_IMAGE_SIDE for v in size)
+    ):
+        raise TrainedModelError(f"{name}: image_size must be [height, width], each 1..{MAX_IMAGE_SIDE}, got {size!r}")
+    channels = config.get("in_channels")
+    if channels is not None and channels not in (1, 3):
+        raise TrainedModelError(f"{name}: in_channels must be 1 or 3, got {channels!r}")
+    norm = config.get("normalize")
+    if norm is not None:
+        ok = isinstance(norm, dict) and all(
+            isinstance(norm.get(k), list)
+            and len(norm[k]) == (channels or len(norm[k]))
+            and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in norm[k])
+            for k in ("mean", "std")
+        )
+        if not ok or any(v <= 0 for v in norm["std"]):
+            raise TrainedModelError(
+                f"{name}: normalize must be {{'mean': [...], 'std': [...]}} with one finite number per channel "
+                f"(std > 0), got {str(norm)[:200]}"
+            )
+    warp = config.get("warp")
+    if warp is not None and warp not in WARPS:
+        raise TrainedModelError(f"{name}: unknown warp {str(warp)[:50]!r}; one of {', '.join(WARPS)}")
+
+
+def _build_backbone(blob: dict[str, Any], name: str) -> nn.Module:
+    """The backbone `blob` describes, with its weights, after checking them on a meta-device copy."""
+    arch, kwargs = blob["backbone"], blob["backbone_kwargs"]
+    if not isinstance(arch, str) or not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise TrainedModelError(f"{name}: backbone must be a name and backbone_kwargs a dict of keyword arguments")
+    state = tensor_dict(blob["state_dict"], name)
+    try:
+        with torch.device("meta"):  # shapes only: nothing is allocated for a file that does not fit
+            skeleton = create_backbone(arch, **kwargs)
+    except Exception as exc:  # unknown name or kwargs, or values the constructor refuses
+        raise TrainedModelError(f"{name}: backbone {arch[:50]!r} cannot be built from its kwargs: {exc}") from None
+    check_fits(skeleton, state, name, f"backbone {arch}")
+    model = create_backbone(arch, **kwargs)
+    model.load_state_dict(state)
+    return model
+
+
+def load_backbone_file(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a backbone from backbone.pt alone: (module in eval mode, its saved header).
+
+    Raises:
+        TrainedModelError: no file, not a facejobs backbone file, or weights that do not fit the
+            architecture its header names; the message names the file and what was wrong.
+    """
+    path = Path(path)
+    blob = _read(path)
     if not isinstance(blob, dict) or "state_dict" not in blob or "backbone" not in blob:
-        raise TrainedModelError(f"{path} is not a facejobs backbone file (no state_dict/backbone keys)")
-    model = create_backbone(blob["backbone"], **blob["backbone_kwargs"])
-    model.load_state_dict(blob["state_dict"])
+        raise TrainedModelError(f"{path.name} is not a facejobs backbone file (no state_dict/backbone keys)")
+    if blob.get("format", FORMAT) != FORMAT:
+        raise TrainedModelError(f"{path.name} has format {str(blob['format'])[:50]!r}; this facejobs reads {FORMAT}")
+    blob.setdefault("backbone_kwargs", {})
+    _check_input_config(blob, path.name)
+    try:
+        model = _build_backbone(blob, path.name)
+    except WeightsMismatchError as exc:
+        raise TrainedModelError(str(exc)) from None
     model.to(device).eval()
     header = {k: v for k, v in blob.items() if k != "state_dict"}
     return model, header
+
+
+def _check_arcface(arc: Any, name: str, header: dict[str, Any]) -> torch.Tensor:
+    """The class-weight matrix W (d, C) of an arcface.pt blob, checked against the backbone's header."""
+    if not isinstance(arc, dict) or not isinstance(arc.get("weight"), torch.Tensor):
+        raise TrainedModelError(f"{name} is not a facejobs ArcFace weight file (no 'weight' tensor)")
+    weight = arc["weight"]
+    if weight.dim() != 2 or not weight.dtype.is_floating_point or weight.layout != torch.strided:
+        raise TrainedModelError(
+            f"{name}: weight must be a dense floating (embedding_size, num_classes) matrix, "
+            f"got {weight.dtype} of shape {tuple(weight.shape)}"
+        )
+    d = header["backbone_kwargs"].get("embedding_size", backbone_defaults(header["backbone"]).get("embedding_size"))
+    if isinstance(d, int) and weight.shape[0] != d:
+        raise TrainedModelError(f"{name}: weight has {weight.shape[0]} rows, the backbone's embeddings have {d}")
+    classes = arc.get("num_classes", weight.shape[1])
+    names = arc.get("class_names", [])
+    if classes != weight.shape[1] or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise TrainedModelError(f"{name}: num_classes/class_names do not match the {weight.shape[1]} weight columns")
+    if names and len(names) != weight.shape[1]:
+        raise TrainedModelError(f"{name}: {len(names)} class_names for {weight.shape[1]} weight columns")
+    for key in ("margin", "scale"):
+        value = arc.get(key, 1.0)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            raise TrainedModelError(f"{name}: {key} must be a finite number, got {str(value)[:50]!r}")
+    return weight
 
 
 def load_trained(
@@ -175,23 +270,30 @@ def load_trained(
     and "warp". `Normalization.from_json(config["normalize"])` gives the input normalisation.
 
     Raises:
-        TrainedModelError: backbone.pt or arcface.pt missing or not ours.
+        TrainedModelError: backbone.pt or arcface.pt missing, not ours, or not fitting each other.
     """
     folder = Path(folder)
     backbone, header = load_backbone_file(folder / "backbone.pt", device)
     arc_path = folder / "arcface.pt"
     if not arc_path.is_file():
         raise TrainedModelError(f"no arcface.pt in {folder}: the class weights are saved beside backbone.pt")
-    arc = torch.load(arc_path, map_location="cpu", weights_only=False)
-    if not isinstance(arc, dict) or "weight" not in arc:
-        raise TrainedModelError(f"{arc_path} is not a facejobs ArcFace weight file")
+    arc = _read(arc_path)
+    weight = _check_arcface(arc, arc_path.name, header)
     cfg_path = folder / "config.json"
-    config: dict[str, Any] = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    config: dict[str, Any] = {}
+    if cfg_path.is_file():
+        try:
+            config = json.loads(cfg_path.read_text())
+        except (ValueError, RecursionError) as exc:
+            raise TrainedModelError(f"config.json is not JSON: {str(exc)[:200]}") from None
+        if not isinstance(config, dict):
+            raise TrainedModelError("config.json must hold a JSON object")
     for key in ("backbone", "backbone_kwargs", "image_size", "in_channels", "normalize", "warp"):
         config.setdefault(key, header.get(key))
     for key in ("margin", "scale", "class_names", "num_classes"):
         config.setdefault(key, arc.get(key))
-    return backbone, arc["weight"].to(device), config
+    _check_input_config(config, "config.json")
+    return backbone, weight.to(device), config
 
 
 def evaluate_model(

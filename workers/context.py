@@ -184,13 +184,21 @@ class JobContext:
         self._fenced(checkpoint_key=key, checkpoint_step=int(step) if step is not None else None)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
-        """The state of the last checkpoint of this job (from any earlier attempt), or None."""
+        """The state of the last checkpoint of this job (from any earlier attempt), or None.
+
+        Raises:
+            JobInputError: the stored checkpoint holds code or is not a checkpoint (the job fails).
+        """
         if not self.checkpoint_key:
             return None
-        import torch
+        from ml.safe_load import UnsafeFileError, load_checkpoint_bytes
 
         data = self.store.get_bytes(self.checkpoint_key)
-        state: dict[str, Any] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+        try:
+            # Read as data only: an object in the store is not proof that this platform wrote it.
+            state = load_checkpoint_bytes(data, self.checkpoint_key)
+        except UnsafeFileError as exc:
+            raise JobInputError(f"cannot resume from the checkpoint: {exc}") from None
         self.log(f"resumed from checkpoint at step {state.get('step', state.get('epoch'))}")
         return state
 

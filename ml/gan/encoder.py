@@ -18,9 +18,12 @@ import torch
 from torch import nn
 
 from ml.gan.common import GANConfigError
+from ml.safe_load import UnsafeFileError, WeightsMismatchError, check_fits, load_data_file, tensor_dict
 
 FORMAT = "facejobs.gan_encoder/1"
 ENCODER_FILE = "encoder.pt"
+MAX_LATENT_DIM = 4096
+MAX_IMAGE_SIDE = 1024
 
 
 class EncoderFileError(GANConfigError):
@@ -66,7 +69,8 @@ def save_encoder(
             "latent_dim": encoder.latent_dim,
             "image_size": list(image_size),
             "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
-            "config": config,
+            # Through JSON, as config.json: plain data only, so the file loads with weights_only=True.
+            "config": json.loads(json.dumps(config, sort_keys=True, default=str)),
         },
         paths[ENCODER_FILE],
     )
@@ -77,20 +81,45 @@ def save_encoder(
 def load_encoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[LatentEncoder, dict[str, Any]]:
     """(encoder in eval mode on `device`, its saved header) from encoder.pt or a folder holding it.
 
+    The file is read as data only and checked (header fields, every weight's name, shape and dtype)
+    before a network is built for it.
+
     Raises:
-        EncoderFileError: no encoder.pt, or a file of another kind.
+        EncoderFileError: no encoder.pt, a file of another kind, or weights that do not fit; the
+            message names the file and what was wrong.
     """
     p = Path(path)
     file = p / ENCODER_FILE if p.is_dir() else p
     if not file.is_file():
         raise EncoderFileError(f"no {ENCODER_FILE} at {p}: give a train_encoder job (job:<id>) or its encoder.pt")
     try:
-        blob = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise EncoderFileError(f"{file.name} cannot be read as a torch file: {exc}") from exc
+        blob = load_data_file(file, file.name)
+    except UnsafeFileError as exc:
+        raise EncoderFileError(str(exc)) from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise EncoderFileError(f"{file.name} is not a facejobs latent encoder (format {FORMAT})")
-    encoder = LatentEncoder(int(blob["in_channels"]), int(blob["latent_dim"]))
-    encoder.load_state_dict(blob["state_dict"])
+    in_channels: Any = blob.get("in_channels")
+    latent_dim: Any = blob.get("latent_dim")
+    size: Any = blob.get("image_size")
+    if not (_small_int(in_channels, 3) and in_channels != 2) or not _small_int(latent_dim, MAX_LATENT_DIM):
+        raise EncoderFileError(
+            f"{file.name}: in_channels must be 1 or 3 and latent_dim 1..{MAX_LATENT_DIM}, "
+            f"got {str(in_channels)[:20]} and {str(latent_dim)[:20]}"
+        )
+    if not (isinstance(size, list) and len(size) == 2 and all(_small_int(v, MAX_IMAGE_SIDE) for v in size)):
+        raise EncoderFileError(f"{file.name}: image_size must be [height, width], each 1..{MAX_IMAGE_SIDE}")
+    try:
+        state = tensor_dict(blob.get("state_dict"), file.name)
+        with torch.device("meta"):  # shapes only: nothing is allocated for weights that do not fit
+            skeleton = LatentEncoder(int(in_channels), int(latent_dim))
+        check_fits(skeleton, state, file.name, "the ResNet-18 latent encoder")
+    except WeightsMismatchError as exc:
+        raise EncoderFileError(str(exc)) from None
+    encoder = LatentEncoder(int(in_channels), int(latent_dim))
+    encoder.load_state_dict(state)
     header = {k: v for k, v in blob.items() if k != "state_dict"}
     return encoder.to(device).eval(), header
+
+
+def _small_int(value: Any, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= high

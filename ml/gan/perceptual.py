@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.gan.common import GANConfigError
+from ml.safe_load import UnsafeFileError, WeightsMismatchError, check_fits, facenet_state_dict, load_data_file
 
 FACENET_LAYERS = ("repeat_1", "mixed_6a", "repeat_2", "mixed_7a", "repeat_3")
 FACENET_SIZE = 160
@@ -176,22 +177,16 @@ def load_facenet(
         path = Path(weights)
         if not path.is_file():
             raise PerceptualWeightsError(f"no face-network weights file at {path}: {UPLOAD_HINT}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise PerceptualWeightsError(f"{path.name} is not a torch state-dict file ({exc}): {UPLOAD_HINT}") from exc
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise PerceptualWeightsError(f"{path.name} does not hold a state dict: {UPLOAD_HINT}")
-        # The published files carry the training classifier ("logits.*"); the embedding net has none.
-        state = {k: v for k, v in state.items() if not k.startswith("logits.")}
         net = InceptionResnetV1(pretrained=None)
         try:
-            net.load_state_dict(state)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0][:300]
-            raise PerceptualWeightsError(f"{path.name} is not an InceptionResnetV1 state dict ({first})") from exc
+            state = facenet_state_dict(load_data_file(path, path.name), path.name)
+        except (UnsafeFileError, WeightsMismatchError) as exc:
+            raise PerceptualWeightsError(f"{exc}: {UPLOAD_HINT}") from None
+        try:
+            check_fits(net, state, path.name, "InceptionResnetV1")
+        except WeightsMismatchError as exc:
+            raise PerceptualWeightsError(f"{path.name} is not an InceptionResnetV1 state dict ({exc})") from None
+        net.load_state_dict(state)
     net = net.to(device).eval()
     return FaceFeatures(net, list(layers or FACENET_LAYERS), _facenet_prepare, kind="facenet")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import struct
@@ -122,6 +123,16 @@ def bomb_png(side: int = 20000) -> bytes:
     idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
     header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+@functools.cache
+def tiny_weights() -> bytes:
+    """A real `torch.save` state dict (a 2x2 Linear's): the smallest file a `facenet` upload accepts."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"weight": torch.zeros(2, 2), "bias": torch.zeros(2)}, buf)
+    return buf.getvalue()
 
 
 def upload(client: TestClient, route: str, filename: str, data: bytes, **fields: str) -> Any:

@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from jobs.keys import KEY_RE, create_key, hash_key, lookup_key, revoke_key
 from jobs.models import ApiKey
 from jobs.states import JobStatus
-from tests.api.factories import add_job, client_for, key_id, make_zip, upload
+from tests.api.factories import add_job, client_for, key_id, make_zip, tiny_weights, upload
 
 PUBLIC = {"/healthz", "/readyz", "/metrics"}
 PRIVATE_ROUTES = {
@@ -76,7 +76,7 @@ def test_another_keys_things_read_as_unknown(stack: Any, orl_dir: Any) -> None:
     owner = key_id(stack)
     job_id = add_job(stack, owner, status=JobStatus.FAILED)
     ds = upload(stack.client, "/datasets", "faces.zip", make_zip({"a.pgm": (orl_dir / "s1" / "1.pgm").read_bytes()}))
-    model = upload(stack.client, "/models", "w.pt", b"weights", kind="facenet")
+    model = upload(stack.client, "/models", "w.pt", tiny_weights(), kind="facenet")
     assert (ds.status_code, model.status_code) == (201, 201)
     ds_id, model_id = ds.json()["id"], model.json()["id"]
 

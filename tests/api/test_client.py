@@ -12,7 +12,7 @@ from sqlalchemy import update
 from api.client import ApiError, Client, WaitTimeout
 from jobs.models import Job, Worker
 from jobs.states import JobStatus, utcnow
-from tests.api.factories import add_artifact
+from tests.api.factories import add_artifact, tiny_weights
 
 
 @pytest.fixture
@@ -72,9 +72,10 @@ def test_client_files_and_infrastructure(stack: Any, fj: Client, orl_dir: Path, 
     assert [d["id"] for d in fj.list_datasets()["data"]] == [ds["id"]]
 
     weights = tmp_path / "facenet.pt"
-    weights.write_bytes(b"\x00weights" * 100)
+    weights.write_bytes(tiny_weights())
     model = fj.upload_model(weights, kind="facenet", meta={"pretrained": "vggface2"})
-    assert (model["filename"], model["size"], model["meta"]) == ("facenet.pt", 800, {"pretrained": "vggface2"})
+    size = len(tiny_weights())
+    assert (model["filename"], model["size"], model["meta"]) == ("facenet.pt", size, {"pretrained": "vggface2"})
     assert fj.get_model(model["id"]) == model
     assert [m["id"] for m in fj.list_models()["data"]] == [model["id"]]
     with pytest.raises(ApiError) as err:

@@ -11,7 +11,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from jobs.models import Dataset
-from tests.api.factories import bomb_png, client_for, make_tar, make_zip, orl_files, upload
+from tests.api.factories import bomb_png, client_for, make_tar, make_zip, orl_files, tiny_weights, upload
 
 
 def nothing_stored(stack: Any) -> None:
@@ -144,7 +144,7 @@ def test_store_failure_answers_503_and_keeps_nothing(stack: Any, orl_dir: Path) 
         for prefix in ("datasets", "models"):
             (root / prefix).write_bytes(b"not a folder")
     refused(upload(client, "/datasets", "faces.zip", archive), 503, "store_unavailable")
-    refused(upload(client, "/models", "w.pt", b"weights", kind="facenet"), 503, "store_unavailable")
+    refused(upload(client, "/models", "w.pt", tiny_weights(), kind="facenet"), 503, "store_unavailable")
     with stack.session() as s:
         assert s.scalar(select(func.count()).select_from(Dataset)) == 0
     if stack.name == "embedded":

@@ -91,7 +91,7 @@ def assert_artifacts_intact(stack: Stack, job_id: str, names: list[str]) -> None
 
 def checkpoint_step(stack: Stack, job_id: str) -> int:
     """The step inside the stored checkpoint object (what a new attempt will resume from)."""
-    state = torch.load(io.BytesIO(stack.store.get_bytes(f"jobs/{job_id}/checkpoint.pt")), weights_only=False)
+    state = torch.load(io.BytesIO(stack.store.get_bytes(f"jobs/{job_id}/checkpoint.pt")), weights_only=True)
     return int(state["step"])
 
 

@@ -49,7 +49,7 @@ INVERT: dict[str, Any] = {
 
 def tensors(stack: Stack, job_id: str) -> dict[str, Any]:
     data = stack.store.get_bytes(f"jobs/{job_id}/tensors.pt")
-    out: dict[str, Any] = torch.load(io.BytesIO(data), weights_only=False)
+    out: dict[str, Any] = torch.load(io.BytesIO(data), weights_only=True)
     return out
 
 

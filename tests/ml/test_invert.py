@@ -247,7 +247,7 @@ def test_runner_writes_images_grid_tensors_and_metrics_and_resumes_after_preempt
     ]  # fmt: skip
     png, ctype = resumed.artifacts["images/5_1.png"]
     assert ctype == "image/png" and Image.open(io.BytesIO(png)).size == (32, 32)
-    tensors = torch.load(io.BytesIO(resumed.artifacts["tensors.pt"][0]), weights_only=False)
+    tensors = torch.load(io.BytesIO(resumed.artifacts["tensors.pt"][0]), weights_only=True)
     assert tensors["images"].shape == (4, 1, 32, 32) and tensors["labels"].tolist() == [2, 2, 5, 5]
     pixel = round(float(tensors["images"][3, 0, 7, 9]) * 255)
     assert Image.open(io.BytesIO(png)).getpixel((9, 7)) == pixel

@@ -69,7 +69,7 @@ def artifact_names(stack: Stack, job_id: str) -> list[str]:
 
 def final_images(stack: Stack, job_id: str) -> dict[str, Any]:
     data = download(stack, f"/jobs/{job_id}/artifacts/tensors.pt")
-    tensors: dict[str, Any] = torch.load(io.BytesIO(data), weights_only=False)
+    tensors: dict[str, Any] = torch.load(io.BytesIO(data), weights_only=True)
     return tensors
 
 
@@ -172,6 +172,6 @@ def test_cancelled_inversion_keeps_its_last_preview_and_checkpoint(stack: Stack,
 
         key = s.get(Job, job_id).checkpoint_key
     assert key and stack.store.exists(key)
-    state = torch.load(io.BytesIO(stack.store.get_bytes(key)), weights_only=False)
+    state = torch.load(io.BytesIO(stack.store.get_bytes(key)), weights_only=True)
     assert state["kind"] == "invert" and state["step"] == job["checkpoint_step"]
     assert state["images"].shape == (10, 1, 16, 16)

@@ -18,7 +18,7 @@ from jobs.models import Artifact, Job
 from jobs.params.probe import ProbeParams
 from jobs.states import JobStatus
 from jobs.store import InvalidKey
-from tests.api.factories import add_artifact, add_job, key_id, make_tar, make_zip, orl_files, upload
+from tests.api.factories import add_artifact, add_job, key_id, make_tar, make_zip, orl_files, tiny_weights, upload
 from workers.context import JobContext
 
 HOSTILE_NAMES = [
@@ -66,7 +66,7 @@ def test_artifact_urls_cannot_reach_another_jobs_files(stack: Any) -> None:
 @pytest.mark.security
 def test_a_job_cannot_open_another_keys_dataset_or_model(stack: Any, orl_dir: Path, tmp_path: Path) -> None:
     theirs = upload(stack.other, "/datasets", "faces.zip", make_zip(orl_files(orl_dir, ids=("s1",), per_id=2)))
-    model = upload(stack.other, "/models", "w.pt", b"weights", kind="facenet")
+    model = upload(stack.other, "/models", "w.pt", tiny_weights(), kind="facenet")
     assert (theirs.status_code, model.status_code) == (201, 201)
     their_job = add_job(stack, key_id(stack, stack.other_key), status=JobStatus.SUCCEEDED)
     ctx = context(stack, key_id(stack), tmp_path / "work")

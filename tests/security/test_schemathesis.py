@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
 from jobs.states import JobStatus
-from tests.api.factories import add_artifact, add_job, key_id, make_zip, orl_files, upload
+from tests.api.factories import add_artifact, add_job, key_id, make_zip, orl_files, tiny_weights, upload
 from tests.security.conftest import ServedApp
 from tests.services import Stack
 
@@ -32,7 +32,7 @@ def seed_objects(stack: Stack, orl_dir: Any) -> dict[str, str]:
     job = add_job(stack, owner, status=JobStatus.SUCCEEDED, attempt=1, result={"gflops": 1.5}, metrics={"loss": 0.5})
     add_artifact(stack, job, "probe.json", b"{}", "application/json")
     ds = upload(stack.client, "/datasets", "d.zip", make_zip(orl_files(orl_dir, ids=("s1",), per_id=1)))
-    model = upload(stack.client, "/models", "w.pt", b"weights", kind="facenet")
+    model = upload(stack.client, "/models", "w.pt", tiny_weights(), kind="facenet")
     assert (ds.status_code, model.status_code) == (201, 201)
     return {"job_id": job, "dataset_id": ds.json()["id"], "model_id": model.json()["id"], "name": "probe.json"}
 
