@@ -35,6 +35,7 @@ MODEL_KINDS = ("generator", "facenet", "backbone")
 TORCHSCRIPT_CONSTANTS = re.compile(r"^[^/]+/constants\.pkl$")
 TORCHSCRIPT_CODE = re.compile(r"^[^/]+/code/")
 TORCHSCRIPT_DATA = re.compile(r"^[^/]+/data\.pkl$")
+MAX_META_DEPTH = 32  # levels of nested lists/objects in a model's `meta`
 
 
 class StoreUnavailable(ApiError):
@@ -124,15 +125,40 @@ def is_torchscript(path: Path) -> bool:
     return any(TORCHSCRIPT_CODE.match(n) for n in names) and any(TORCHSCRIPT_DATA.match(n) for n in names)
 
 
+def _depth(value: Any) -> int:
+    """How deeply `value` nests lists and objects, walked without recursion (a scalar is 0)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if level <= MAX_META_DEPTH:  # deeper than the limit is refused anyway: stop walking
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 def parse_meta(raw: str | None) -> dict[str, Any]:
+    """The `meta` form field: a JSON object nesting at most `MAX_META_DEPTH` levels, else 422 `invalid_meta`."""
     if not raw:
         return {}
     try:
         meta = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ApiError(422, "invalid_meta", f"meta must be a JSON object: {exc}") from None
+    except RecursionError:
+        # json's C decoder recurses once per `[`/`{`: thousands of them exhaust the stack.
+        raise ApiError(
+            422, "invalid_meta", f"meta nests too deeply: at most {MAX_META_DEPTH} levels", {"max_depth": MAX_META_DEPTH}
+        ) from None
     if not isinstance(meta, dict):
         raise ApiError(422, "invalid_meta", "meta must be a JSON object")
+    if _depth(meta) > MAX_META_DEPTH:
+        # Stored as JSON and encoded again on every read: refuse depths that would recurse there too.
+        raise ApiError(
+            422, "invalid_meta", f"meta nests too deeply: at most {MAX_META_DEPTH} levels", {"max_depth": MAX_META_DEPTH}
+        )
     return meta
 
 

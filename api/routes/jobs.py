@@ -24,6 +24,8 @@ from jobs.states import JobStatus, request_cancel, retry, utcnow
 
 log = logging.getLogger(__name__)
 router = keyed_router("/jobs", "jobs")
+# Event ids are 64-bit signed integers; a larger `after` is refused (422) instead of overflowing the driver.
+MAX_EVENT_ID = 2**63 - 1
 
 
 def send(session: Session, celery: Celery, job: Job) -> bool:
@@ -172,7 +174,7 @@ def list_job_events(
     job: JobDep,
     session: SessionDep,
     settings: SettingsDep,
-    after: Annotated[int | None, Query(ge=0, description="Only events with a larger id.")] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_EVENT_ID, description="Only events with a larger id.")] = None,
     type_: Annotated[str | None, Query(alias="type", max_length=16)] = None,
     limit: Annotated[int, Query(ge=1)] = 100,
 ) -> EventsPage:
