@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jobs.redact import redact_url
 from jobs.settings import Settings, get_settings
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -25,16 +26,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     url = get_settings().resolved_database_url
     upgrade(url)
-    print(f"database at {_redact(url)} is at the latest revision")
+    print(f"database at {redact_url(url)} is at the latest revision")
     return 0
-
-
-def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':')[0]}:***@{host}" if ":" in creds else url
-    return url
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -178,7 +171,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     procs, key = start_embedded(settings, port)
     print(f"facejobs is up: dashboard http://{settings.api_host}:{port}/  (API docs at /docs)")
     print(f"dev API key: {key}   (also in {settings.dev_key_file})")
-    print(f"database {_redact(settings.resolved_database_url)}; broker {resolve_broker_url(settings)}; "
+    print(f"database {redact_url(settings.resolved_database_url)}; broker {redact_url(resolve_broker_url(settings))}; "
           f"store {settings.store_backend}; logs in {settings.home / 'logs'}")  # fmt: skip
     print("Ctrl-C stops everything.")
     try:

@@ -1,0 +1,35 @@
+"""Connection URLs with their secrets hidden, for logs and console output."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+MASK = "***"
+# Query parameters that carry a secret in the URLs facejobs reads (redis-py, SQLAlchemy, kombu).
+SECRET_PARAMS = re.compile(r"pass|secret|token|key", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password (userinfo or a secret-looking query parameter) replaced by `***`.
+
+    `redis://:s3cret@host:6379/0` -> `redis://:***@host:6379/0`; the user name, host, port, path and
+    other parameters are kept so the line still says where it connects.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return MASK  # not parseable as a URL: say nothing of it rather than risk printing a secret
+    netloc = parts.netloc
+    if "@" in netloc:
+        creds, host = netloc.rsplit("@", 1)
+        user, has_password, _ = creds.partition(":")
+        netloc = f"{user}:{MASK}@{host}" if has_password else f"{user}@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, MASK if SECRET_PARAMS.search(k) else v) for k, v in pairs], safe="*/:")
+    # Replace the parts in the text rather than re-joining them: urlunsplit would turn
+    # `sqlite:////abs/path` into `sqlite://abs/path`.
+    out = url.replace(f"//{parts.netloc}", f"//{netloc}", 1) if netloc != parts.netloc else url
+    return out.replace(f"?{parts.query}", f"?{query}", 1) if query != parts.query else out
