@@ -22,6 +22,7 @@ Files that are not images (by extension) and hidden files are skipped and report
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import tarfile
@@ -35,8 +36,10 @@ from typing import IO, Any
 from api.errors import ApiError
 from api.images import BadImage, check_image, is_image_name
 from api.zipdir import TooManyEntries, ZipDirectoryError, check_zip_directory
+from jobs.redact import new_error_id, scrub_paths
 from jobs.settings import Settings
 
+log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
 MAX_REPORTED = 100
 DRIVE_RE = re.compile(r"^[A-Za-z]:")
@@ -310,7 +313,13 @@ def extract_dataset(path: Path, filename: str, dest: Path, settings: Settings) -
         RuntimeError,
     ) as exc:
         shutil.rmtree(dest, ignore_errors=True)
-        raise ArchiveRefused("corrupt_archive", f"the archive cannot be read: {str(exc)[:300]}") from None
+        error_id = new_error_id()
+        log.info("archive %r refused as corrupt (error %s)", filename, error_id, exc_info=exc)
+        # An OSError about a file names the server's path: the caller gets its reason and the error id.
+        reason = exc.strerror if isinstance(exc, OSError) and exc.filename and exc.strerror else str(exc)
+        raise ArchiveRefused(
+            "corrupt_archive", f"the archive cannot be read: {scrub_paths(reason)[:300]}", {"error_id": error_id}
+        ) from None
     bad = []
     for img in out:
         try:

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs.errors import JobInputError, TransientError
 from jobs.kinds import UnknownKind, registry
+from jobs.redact import new_error_id
 from jobs.store import InvalidKey, ObjectMissing
 
 log = logging.getLogger(__name__)
@@ -143,9 +144,12 @@ async def handle_database_error(_request: Request, exc: Exception) -> JSONRespon
     return error_response(503, "database_unavailable", "the database is unavailable; try again shortly")
 
 
-async def handle_unexpected(_request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", exc_info=exc)
-    return error_response(500, "internal_error", "internal error; it has been logged")
+async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # The traceback stays in the log; the caller gets the id that finds it there, nothing more.
+    error_id = new_error_id()
+    log.error("unhandled error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc)
+    message = f"internal error; it has been logged as error {error_id}"
+    return error_response(500, "internal_error", message, {"error_id": error_id})
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
+from jobs.redact import scrub_paths
+
 # Raster formats a face dataset uses; anything else (EPS would run Ghostscript) is never opened.
 PIL_FORMATS = ("PNG", "JPEG", "PPM", "BMP", "GIF", "TIFF", "WEBP")
 IMAGE_SUFFIXES = frozenset(
@@ -43,5 +45,7 @@ def check_image(path: Path, max_pixels: int) -> str:
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise BadImage(f"decompression bomb: {exc}") from None
     except Exception as exc:  # Pillow raises many types for bad data: OSError, SyntaxError, ValueError...
-        raise BadImage(f"not a decodable image ({type(exc).__name__}: {str(exc)[:200]})") from None
+        # Pillow names the file it read: the caller sees the upload's name, never the server's folder.
+        detail = scrub_paths(str(exc).replace(str(path), path.name))[:200]
+        raise BadImage(f"not a decodable image ({type(exc).__name__}: {detail})") from None
     return Image.MIME.get(fmt, "application/octet-stream")

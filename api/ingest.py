@@ -139,6 +139,11 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+def _too_deep() -> ApiError:
+    message = f"meta nests too deeply: at most {MAX_META_DEPTH} levels of lists and objects"
+    return ApiError(422, "invalid_meta", message, {"max_depth": MAX_META_DEPTH})
+
+
 def parse_meta(raw: str | None) -> dict[str, Any]:
     """The `meta` form field: a JSON object nesting at most `MAX_META_DEPTH` levels, else 422 `invalid_meta`."""
     if not raw:
@@ -149,16 +154,12 @@ def parse_meta(raw: str | None) -> dict[str, Any]:
         raise ApiError(422, "invalid_meta", f"meta must be a JSON object: {exc}") from None
     except RecursionError:
         # json's C decoder recurses once per `[`/`{`: thousands of them exhaust the stack.
-        raise ApiError(
-            422, "invalid_meta", f"meta nests too deeply: at most {MAX_META_DEPTH} levels", {"max_depth": MAX_META_DEPTH}
-        ) from None
+        raise _too_deep() from None
     if not isinstance(meta, dict):
         raise ApiError(422, "invalid_meta", "meta must be a JSON object")
     if _depth(meta) > MAX_META_DEPTH:
         # Stored as JSON and encoded again on every read: refuse depths that would recurse there too.
-        raise ApiError(
-            422, "invalid_meta", f"meta nests too deeply: at most {MAX_META_DEPTH} levels", {"max_depth": MAX_META_DEPTH}
-        )
+        raise _too_deep()
     return meta
 
 

@@ -1,8 +1,12 @@
-"""Connection URLs with their secrets hidden, for logs and console output."""
+"""What callers and logs may see: URLs without their secrets, messages without server paths.
+
+Full details (tracebacks, paths) stay in the server's log under an error id the caller is shown.
+"""
 
 from __future__ import annotations
 
 import re
+import secrets
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 MASK = "***"
@@ -33,3 +37,20 @@ def redact_url(url: str) -> str:
     # `sqlite:////abs/path` into `sqlite://abs/path`.
     out = url.replace(f"//{parts.netloc}", f"//{netloc}", 1) if netloc != parts.netloc else url
     return out.replace(f"?{parts.query}", f"?{query}", 1) if query != parts.query else out
+
+
+# An absolute path with at least two parts, not inside a URL or an object key (`jobs/<id>/x.png`).
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[\w.@+~-]+/)+([\w.@+~-]*)")
+
+
+def scrub_paths(text: str) -> str:
+    """`text` with every absolute server path cut to `.../<its last part>` (callers see file names only).
+
+    `cannot identify image file '/tmp/facejobs-upload-1f/image_a'` -> `... '.../image_a'`.
+    """
+    return ABSOLUTE_PATH.sub(lambda m: f".../{m.group(1)}" if m.group(1) else "...", text)
+
+
+def new_error_id() -> str:
+    """A short random id that ties a caller's error message to the traceback in the server's log."""
+    return secrets.token_hex(6)
