@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from jobs.errors import JobInputError, TransientError
 from jobs.kinds import UnknownKind, registry
 from jobs.redact import new_error_id
+from jobs.refs import RefNotFound
 from jobs.store import InvalidKey, ObjectMissing
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,11 @@ async def handle_unknown_kind(_request: Request, exc: Exception) -> JSONResponse
     return error_response(422, "unknown_kind", str(exc), {"known": sorted(registry())})
 
 
+async def handle_ref_not_found(_request: Request, exc: Exception) -> JSONResponse:
+    exc = cast(RefNotFound, exc)
+    return error_response(404, "not_found", str(exc), {"ref": str(exc.ref)})
+
+
 async def handle_invalid_key(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(400, "invalid_key", str(exc))
 
@@ -159,6 +165,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(JobInputError, handle_job_input_error)
     app.add_exception_handler(UnknownKind, handle_unknown_kind)
+    app.add_exception_handler(RefNotFound, handle_ref_not_found)
     app.add_exception_handler(InvalidKey, handle_invalid_key)
     app.add_exception_handler(ObjectMissing, handle_object_missing)
     app.add_exception_handler(TransientError, handle_transient)

@@ -20,6 +20,7 @@ from api.schemas import ErrorBody, EventPublic, EventsPage, JobCreate, JobPublic
 from jobs.broker import enqueue
 from jobs.kinds import get_kind, validate_params
 from jobs.models import ApiKey, Job, JobEvent, new_id
+from jobs.refs import check_params_refs
 from jobs.states import JobStatus, request_cancel, retry, utcnow
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ def create_job(
             return existing
     spec = get_kind(body.kind)
     params = validate_params(body.kind, body.params).model_dump(mode="json")
+    # Every job:/model:/dataset: reference must name one of the caller's objects: 404 now, not a failed job.
+    check_params_refs(session, key.id, params)
     if len(json.dumps(params)) > settings.max_params_bytes:
         raise ApiError(
             413,

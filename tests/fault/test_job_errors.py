@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.factories import make_zip, orl_files, upload
+from jobs.broker import enqueue
+from jobs.kinds import validate_params
+from tests.api.factories import add_job, key_id, make_zip, orl_files, upload
 from tests.fault.support import FAST_LEASES, events, job_row, run_starts, submit, wait_row
 from tests.services import Stack
 
@@ -38,10 +40,17 @@ def assert_stays_failed(stack: Stack, job_id: str) -> None:
 def test_nan_loss_and_foreign_data_fail_once_with_their_error(services_stack: Stack, orl_dir: Path) -> None:
     stack = services_stack
     nan_job = submit(stack, DIVERGING, kind="train_embedding", max_attempts=3)
-    # Bad data: a dataset id that exists, but belongs to another key (the API checks only the shape).
+    # Bad data: a dataset id that exists, but belongs to another key. The API answers 404 at submit...
     theirs = upload(stack.other, "/datasets", "faces.zip", make_zip(orl_files(orl_dir, ids=("s1", "s2"), per_id=2)))
     assert theirs.status_code == 201, theirs.text
-    foreign_job = submit(stack, {**DIVERGING, "dataset": f"dataset:{theirs.json()['id']}"}, kind="train_embedding")
+    foreign = {**DIVERGING, "dataset": f"dataset:{theirs.json()['id']}"}
+    refused = stack.client.post("/jobs", json={"kind": "train_embedding", "params": foreign})
+    assert (refused.status_code, refused.json()["error"]["code"]) == (404, "not_found")
+    # ...and the worker checks again (a row can change between submit and run): a job written past the API.
+    foreign_job = add_job(
+        stack, key_id(stack), kind="train_embedding", params=validate_params("train_embedding", foreign).model_dump()
+    )
+    enqueue(foreign_job, "train_embedding", "gpu")
     stack.start_worker(extra_env=FAST_LEASES)
 
     job = wait_row(stack, nan_job, lambda j: j.status in ("succeeded", "failed"), timeout=120)
