@@ -323,7 +323,7 @@ def extract_dataset(path: Path, filename: str, dest: Path, settings: Settings) -
     bad = []
     for img in out:
         try:
-            img.content_type = check_image(img.path, settings.max_image_pixels)
+            img.content_type = check_image(img.path, settings.max_image_pixels, img.rel)
         except BadImage as exc:
             bad.append({"member": img.rel, "reason": str(exc)})
     if bad:

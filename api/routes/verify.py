@@ -72,7 +72,7 @@ def _check_upload(upload: ReceivedFile, name: str, settings: Settings) -> str:
     if upload.size == 0:
         raise ApiError(400, "invalid_image", f"{name} is empty")
     try:
-        return check_image(upload.path, settings.max_image_pixels)
+        return check_image(upload.path, settings.max_image_pixels, name)
     except BadImage as exc:
         raise ApiError(400, "invalid_image", f"{name}: {exc}", {"field": name}) from None
 
