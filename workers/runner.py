@@ -219,6 +219,7 @@ def _fail(db: str, job_id: str, attempt: int, owner: str, exc: BaseException) ->
         log.error("job %s failed with error %s:\n%s", job_id, error_id, "".join(traceback.format_exception(exc)))
         detail = scrub_paths(str(exc))[:PUBLIC_DETAIL]
         message = f"{type(exc).__name__}: {detail}\n\n(error {error_id}: the worker's log has the traceback)"
+    message = scrub_paths(message)  # input errors too may name the worker's cache or work folders
     with session_scope(db) as s:
         finish(s, job_id, attempt, owner, JobStatus.FAILED, error=message)
     _event(db, job_id, attempt, "error", message[:TRACEBACK_TAIL])
