@@ -257,7 +257,8 @@ def cmd_workers(args: argparse.Namespace) -> int:
     client = client_from_settings(args)
     for w in client.workers():
         stale = " STALE" if w.get("stale") else ""
-        print(f"{w['id']:40} {w['queues']:10} {w['device']:30} job={w.get('current_job_id') or '-'} "
+        job = w.get("current_job_id") or ("busy" if w.get("busy") else "-")  # another key's job has no id here
+        print(f"{w['id']:40} {w['queues']:10} {w['device']:30} job={job} "
               f"heartbeat={w['last_heartbeat']}{stale}")  # fmt: skip
     return 0
 
