@@ -13,6 +13,7 @@ import pytest
 
 from jobs.broker import enqueue
 from jobs.kinds import validate_params
+from jobs.models import Job
 from tests.api.factories import add_job, key_id, make_zip, orl_files, upload
 from tests.fault.support import FAST_LEASES, events, job_row, run_starts, submit, wait_row
 from tests.services import Stack
@@ -47,9 +48,11 @@ def test_nan_loss_and_foreign_data_fail_once_with_their_error(services_stack: St
     refused = stack.client.post("/jobs", json={"kind": "train_embedding", "params": foreign})
     assert (refused.status_code, refused.json()["error"]["code"]) == (404, "not_found")
     # ...and the worker checks again (a row can change between submit and run): a job written past the API.
-    foreign_job = add_job(
-        stack, key_id(stack), kind="train_embedding", params=validate_params("train_embedding", foreign).model_dump()
-    )
+    foreign_job = add_job(stack, key_id(stack), kind="train_embedding")
+    with stack.session() as s:
+        row = s.get(Job, foreign_job)
+        assert row is not None
+        row.params = validate_params("train_embedding", foreign).model_dump(mode="json")
     enqueue(foreign_job, "train_embedding", "gpu")
     stack.start_worker(extra_env=FAST_LEASES)
 
