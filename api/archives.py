@@ -2,12 +2,17 @@
 
 Refused with 400 and a code (nothing is stored):
   `unsupported_archive`, `corrupt_archive`   not a zip/tar we can read
-  `too_many_members`                          more than `max_archive_members`
+  `too_many_members`                          more than `max_archive_members` (a zip's count is read
+                                              from its end record before its directory is parsed)
   `unsafe_path`                               absolute paths, `..`, backslashes or control characters
   `link_member`, `special_member`             symlinks, hardlinks, devices, fifos
   `encrypted_member`, `duplicate_member`
-  `archive_too_large`                         uncompressed total over `max_archive_uncompressed_bytes`
-                                              (from the headers, and counted again while extracting)
+  `archive_too_large`                         uncompressed total over `max_archive_uncompressed_bytes`,
+                                              or over `max_archive_ratio` times the archive's size once
+                                              past `archive_ratio_free_bytes` (a decompression bomb);
+                                              checked member by member from the headers, before the
+                                              next header is read (a tar.gz inflates what it skips),
+                                              and counted again while extracting
   `no_images`, `mixed_layout`                 nothing to train on, or an ambiguous folder layout
   `invalid_images`                            any undecodable image or decompression bomb: the whole
                                               upload is refused, listing every bad member, so a
@@ -17,6 +22,7 @@ Files that are not images (by extension) and hidden files are skipped and report
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import tarfile
@@ -29,8 +35,11 @@ from typing import IO, Any
 
 from api.errors import ApiError
 from api.images import BadImage, check_image, is_image_name
+from api.zipdir import TooManyEntries, ZipDirectoryError, check_zip_directory
+from jobs.redact import new_error_id, scrub_paths
 from jobs.settings import Settings
 
+log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
 MAX_REPORTED = 100
 DRIVE_RE = re.compile(r"^[A-Za-z]:")
@@ -141,14 +150,39 @@ REASONS = {
 }
 
 
-def scan_members(archive: Any, fmt: str, settings: Settings) -> list[Member]:
-    """Every regular file of the archive, after refusing unsafe members from the headers alone."""
+def unpack_budget(settings: Settings, archive_bytes: int) -> int:
+    """How many bytes an archive of `archive_bytes` may unpack to: the total cap, and the ratio cap."""
+    by_ratio = max(int(settings.max_archive_ratio * archive_bytes), settings.archive_ratio_free_bytes)
+    return min(settings.max_archive_uncompressed_bytes, by_ratio)
+
+
+def _too_large(total: int, budget: int, settings: Settings, archive_bytes: int) -> ArchiveRefused:
+    return ArchiveRefused(
+        "archive_too_large",
+        f"the archive unpacks to more than {budget} bytes (at least {total}), over the limit of "
+        f"{settings.max_archive_uncompressed_bytes} or {settings.max_archive_ratio:g} times its {archive_bytes} bytes",
+        {"limit_bytes": budget},
+    )
+
+
+def scan_members(archive: Any, fmt: str, settings: Settings, archive_bytes: int) -> list[Member]:
+    """Every regular file of the archive, after refusing unsafe members from the headers alone.
+
+    The unpacked total is checked after each header, before the next is read: reading a tar.gz's
+    next header inflates the member in between, so a 4 GiB member of zeros is refused from its
+    header instead of after 4 GiB of inflating.
+    """
     members: list[Member] = []
     problems: list[dict[str, str]] = []
     codes: list[str] = []
     seen: set[tuple[str, ...]] = set()
     total = 0
+    budget = unpack_budget(settings, archive_bytes)
     for name, kind, size, info in _raw_members(archive, fmt, settings.max_archive_members):
+        if kind == "file":
+            total += size
+            if total > budget:
+                raise _too_large(total, budget, settings, archive_bytes)
         try:
             parts = member_parts(name)
         except ValueError as exc:
@@ -166,19 +200,12 @@ def scan_members(archive: Any, fmt: str, settings: Settings) -> list[Member]:
             codes.append("duplicate_member")
             continue
         seen.add(parts)
-        total += size
         members.append(Member(name, parts, size, info))
     if problems:
         raise ArchiveRefused(
             codes[0],
             f"the archive has {len(problems)} unsafe member(s): {problems[0]['member']!r} ({problems[0]['reason']})",
             {"members": problems[:MAX_REPORTED]},
-        )
-    if total > settings.max_archive_uncompressed_bytes:
-        raise ArchiveRefused(
-            "archive_too_large",
-            f"the archive unpacks to {total} bytes, over the limit of {settings.max_archive_uncompressed_bytes}",
-            {"limit_bytes": settings.max_archive_uncompressed_bytes},
         )
     return members
 
@@ -230,16 +257,29 @@ def _open_member(archive: Any, fmt: str, member: Member) -> IO[bytes]:
     return extracted
 
 
-def _open_archive(path: Path, fmt: str) -> Any:
-    return zipfile.ZipFile(path) if fmt == "zip" else tarfile.open(path, "r:*")
+def _open_archive(path: Path, fmt: str, settings: Settings) -> Any:
+    if fmt == "tar":
+        return tarfile.open(path, "r:*")
+    limit = settings.max_archive_members
+    try:
+        # Before ZipFile parses the directory: it builds one object per entry, however many.
+        check_zip_directory(path, limit)
+    except TooManyEntries as exc:
+        raise ArchiveRefused(
+            "too_many_members", f"the archive has more than {limit} members ({exc.count})", {"limit": limit}
+        ) from None
+    except ZipDirectoryError as exc:
+        raise ArchiveRefused("corrupt_archive", f"the archive cannot be read: {exc}") from None
+    return zipfile.ZipFile(path)
 
 
 def extract_dataset(path: Path, filename: str, dest: Path, settings: Settings) -> DatasetContent:
     """Check, extract and decode every image of the archive at `path` into `dest`."""
     fmt = detect_format(path, filename)
     try:
-        with _open_archive(path, fmt) as archive:
-            members = scan_members(archive, fmt, settings)
+        archive_bytes = path.stat().st_size
+        with _open_archive(path, fmt, settings) as archive:
+            members = scan_members(archive, fmt, settings, archive_bytes)
             skipped = [m.name for m in members if is_junk(m.parts) or not is_image_name(m.parts[-1])]
             images = [m for m in members if not is_junk(m.parts) and is_image_name(m.parts[-1])]
             if not images:
@@ -250,7 +290,7 @@ def extract_dataset(path: Path, filename: str, dest: Path, settings: Settings) -
                 )
             layout, rels = plan_layout(images)
             out: list[ExtractedImage] = []
-            budget = settings.max_archive_uncompressed_bytes
+            budget = unpack_budget(settings, archive_bytes)
             for member, rel in zip(images, rels, strict=True):
                 target = dest.joinpath(*rel)
                 if not target.resolve().is_relative_to(dest.resolve()):
@@ -273,11 +313,17 @@ def extract_dataset(path: Path, filename: str, dest: Path, settings: Settings) -
         RuntimeError,
     ) as exc:
         shutil.rmtree(dest, ignore_errors=True)
-        raise ArchiveRefused("corrupt_archive", f"the archive cannot be read: {str(exc)[:300]}") from None
+        error_id = new_error_id()
+        log.info("archive %r refused as corrupt (error %s)", filename, error_id, exc_info=exc)
+        # An OSError about a file names the server's path: the caller gets its reason and the error id.
+        reason = exc.strerror if isinstance(exc, OSError) and exc.filename and exc.strerror else str(exc)
+        raise ArchiveRefused(
+            "corrupt_archive", f"the archive cannot be read: {scrub_paths(reason)[:300]}", {"error_id": error_id}
+        ) from None
     bad = []
     for img in out:
         try:
-            img.content_type = check_image(img.path, settings.max_image_pixels)
+            img.content_type = check_image(img.path, settings.max_image_pixels, img.rel)
         except BadImage as exc:
             bad.append({"member": img.rel, "reason": str(exc)})
     if bad:

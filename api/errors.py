@@ -19,6 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs.errors import JobInputError, TransientError
 from jobs.kinds import UnknownKind, registry
+from jobs.redact import new_error_id
+from jobs.refs import RefNotFound
 from jobs.store import InvalidKey, ObjectMissing
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,11 @@ async def handle_unknown_kind(_request: Request, exc: Exception) -> JSONResponse
     return error_response(422, "unknown_kind", str(exc), {"known": sorted(registry())})
 
 
+async def handle_ref_not_found(_request: Request, exc: Exception) -> JSONResponse:
+    exc = cast(RefNotFound, exc)
+    return error_response(404, "not_found", str(exc), {"ref": str(exc.ref)})
+
+
 async def handle_invalid_key(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(400, "invalid_key", str(exc))
 
@@ -143,9 +150,12 @@ async def handle_database_error(_request: Request, exc: Exception) -> JSONRespon
     return error_response(503, "database_unavailable", "the database is unavailable; try again shortly")
 
 
-async def handle_unexpected(_request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", exc_info=exc)
-    return error_response(500, "internal_error", "internal error; it has been logged")
+async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # The traceback stays in the log; the caller gets the id that finds it there, nothing more.
+    error_id = new_error_id()
+    log.error("unhandled error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc)
+    message = f"internal error; it has been logged as error {error_id}"
+    return error_response(500, "internal_error", message, {"error_id": error_id})
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -155,6 +165,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(JobInputError, handle_job_input_error)
     app.add_exception_handler(UnknownKind, handle_unknown_kind)
+    app.add_exception_handler(RefNotFound, handle_ref_not_found)
     app.add_exception_handler(InvalidKey, handle_invalid_key)
     app.add_exception_handler(ObjectMissing, handle_object_missing)
     app.add_exception_handler(TransientError, handle_transient)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,7 @@ from api.archives import extract_dataset
 from api.errors import ApiError
 from api.schemas import DatasetCreated, DatasetPublic
 from api.uploads import ReceivedFile, safe_filename
+from api.zipdir import TooManyEntries, ZipDirectoryError, check_zip_directory
 from jobs.errors import TransientError
 from jobs.models import ApiKey, Dataset, Model, new_id
 from jobs.settings import Settings
@@ -34,6 +36,8 @@ PUT_THREADS = 8
 MODEL_KINDS = ("generator", "facenet", "backbone")
 MAX_REFUSED_SHOWN = 50
 WEIGHT_KINDS = ("facenet", "backbone")  # state dicts, checked as data (a generator is TorchScript)
+MAX_MODEL_ENTRIES = 100_000  # a model archive holds a few hundred tensors; TorchScript's check caps entries too
+MAX_META_DEPTH = 32  # levels of nested lists/objects in a model's `meta`
 
 
 class StoreUnavailable(ApiError):
@@ -109,6 +113,24 @@ def ingest_dataset(
     return DatasetCreated(**public.model_dump(exclude={"ref"}), skipped=content.skipped)
 
 
+def check_model_zip_directory(path: Path) -> None:
+    """Refuse a zip-format model listing over `MAX_MODEL_ENTRIES` entries (400 `too_many_members`)
+    before `zipfile` builds an object per entry; a model file that is no zip passes to its kind's check."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        check_zip_directory(path, MAX_MODEL_ENTRIES)
+    except TooManyEntries as exc:
+        raise ApiError(
+            400,
+            "too_many_members",
+            f"the model archive lists {exc.count} entries, more than {MAX_MODEL_ENTRIES}",
+            {"limit": MAX_MODEL_ENTRIES},
+        ) from None
+    except ZipDirectoryError as exc:
+        raise ApiError(400, "corrupt_archive", f"the model archive cannot be read: {exc}") from None
+
+
 def check_generator_upload(path: Path) -> None:
     """Refuse a generator that is not TorchScript (400 `not_torchscript`) or could do more than
     compute on tensors (400 `unsafe_torchscript`, naming each refused operation); torch is not imported.
@@ -125,15 +147,41 @@ def check_generator_upload(path: Path) -> None:
         raise ApiError(400, "unsafe_torchscript", str(exc), {"refused": exc.refused[:MAX_REFUSED_SHOWN]}) from None
 
 
+def _depth(value: Any) -> int:
+    """How deeply `value` nests lists and objects, walked without recursion (a scalar is 0)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if level <= MAX_META_DEPTH:  # deeper than the limit is refused anyway: stop walking
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _too_deep() -> ApiError:
+    message = f"meta nests too deeply: at most {MAX_META_DEPTH} levels of lists and objects"
+    return ApiError(422, "invalid_meta", message, {"max_depth": MAX_META_DEPTH})
+
+
 def parse_meta(raw: str | None) -> dict[str, Any]:
+    """The `meta` form field: a JSON object nesting at most `MAX_META_DEPTH` levels, else 422 `invalid_meta`."""
     if not raw:
         return {}
     try:
         meta = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ApiError(422, "invalid_meta", f"meta must be a JSON object: {exc}") from None
+    except RecursionError:
+        # json's C decoder recurses once per `[`/`{`: thousands of them exhaust the stack.
+        raise _too_deep() from None
     if not isinstance(meta, dict):
         raise ApiError(422, "invalid_meta", "meta must be a JSON object")
+    if _depth(meta) > MAX_META_DEPTH:
+        # Stored as JSON and encoded again on every read: refuse depths that would recurse there too.
+        raise _too_deep()
     return meta
 
 
@@ -162,6 +210,7 @@ def ingest_model(session: Session, store: Store, key: ApiKey, upload: ReceivedFi
     meta = parse_meta(fields.get("meta"))
     filename = safe_filename(upload.filename, default="model.bin")
     name = clean_name(fields.get("name"), Path(filename).stem or "model")
+    check_model_zip_directory(upload.path)
     if kind == "generator":
         check_generator_upload(upload.path)
     if kind in WEIGHT_KINDS:

@@ -196,7 +196,8 @@ class WorkerPublic(BaseModel):
     pid: int
     queues: str
     device: str
-    current_job_id: str | None
+    current_job_id: str | None = Field(description="The job it runs, when that job is the caller's (else null).")
+    busy: bool = Field(description="Running a job (the caller's or another key's).")
     draining: bool
     started_at: UtcDatetime
     last_heartbeat: UtcDatetime

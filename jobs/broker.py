@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from celery import Celery
 
+from jobs.redact import redact_url
 from jobs.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def resolve_broker_url(settings: Settings) -> str:
     url = settings.broker_url
     redis = url.startswith(("redis://", "rediss://"))
     if redis and settings.broker_fallback_embedded and not redis_reachable(url):
-        log.warning("Redis at %s is not reachable: using the embedded SQLite broker", url)
+        log.warning("Redis at %s is not reachable: using the embedded SQLite broker", redact_url(url))
         return settings.embedded_broker_url
     return url
 

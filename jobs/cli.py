@@ -14,7 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs.settings import Settings, get_settings
+from jobs.embedded import Stopping, start_embedded, stop_children_on_signals
+from jobs.embedded import _stop as _stop  # jobs.demo imports it from here
+from jobs.redact import redact_url
+from jobs.settings import get_settings
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -25,16 +28,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     url = get_settings().resolved_database_url
     upgrade(url)
-    print(f"database at {_redact(url)} is at the latest revision")
+    print(f"database at {redact_url(url)} is at the latest revision")
     return 0
-
-
-def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':')[0]}:***@{host}" if ":" in creds else url
-    return url
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -85,12 +80,14 @@ def _launch_gpu_workers(args: argparse.Namespace) -> int:
         print(f"started worker gpu{gpu}@{host} (pid {procs[-1].pid}, CUDA_VISIBLE_DEVICES={gpu})")
 
     def forward(signum: int, _frame: Any) -> None:
+        # A Celery worker restarts on SIGHUP: a hang-up of the launcher is passed on as SIGTERM.
+        sent = signal.SIGTERM if signum == signal.SIGHUP else signum
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signum)
+                p.send_signal(sent)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
     codes = [p.wait() for p in procs]
     return max(codes, default=0)
 
@@ -117,89 +114,26 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
-def ensure_dev_key(settings: Settings) -> str:
-    """The development key in `home/dev-api-key`, created (and stored hashed) when missing or revoked."""
-    from jobs.db import session_scope
-    from jobs.keys import create_key, lookup_key
-
-    path = settings.dev_key_file
-    if path.exists():
-        key = path.read_text().strip()
-        with session_scope() as s:
-            if lookup_key(s, key) is not None:
-                return key
-    with session_scope() as s:
-        _, key = create_key(s, "dev")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(key + "\n")
-    path.chmod(0o600)
-    return key
-
-
-def start_embedded(settings: Settings, port: int, quiet: bool = False) -> tuple[list[subprocess.Popen[bytes]], str]:
-    """Migrate, then start the API and one worker (with the reaper) as child processes."""
-    from jobs.migrate import upgrade
-
-    settings.home.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.resolved_database_url)
-    key = ensure_dev_key(settings)
-    logs = settings.home / "logs"
-    logs.mkdir(exist_ok=True)
-    env = {**os.environ, "FACEJOBS_API_PORT": str(port)}
-    api = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "api", "--port", str(port)], env=env,
-        stdout=(logs / "api.log").open("ab"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    name = f"embedded@{socket.gethostname()}"
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "worker", "--queues", "gpu,cpu", "--name", name],
-        env=env, stdout=(logs / "worker.log").open("ab"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://{settings.api_host}:{port}"
-    from api.client import Client
-
-    client = Client(url, key)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            client.health()
-            break
-        if api.poll() is not None:
-            raise SystemExit(f"the API exited with {api.returncode}; see {logs / 'api.log'}")
-        time.sleep(0.3)
-    return [api, worker], key
-
-
 def cmd_up(args: argparse.Namespace) -> int:
     from jobs.broker import resolve_broker_url
 
     settings = get_settings()
     port = args.port or settings.api_port
-    procs, key = start_embedded(settings, port)
-    print(f"facejobs is up: dashboard http://{settings.api_host}:{port}/  (API docs at /docs)")
-    print(f"dev API key: {key}   (also in {settings.dev_key_file})")
-    print(f"database {_redact(settings.resolved_database_url)}; broker {resolve_broker_url(settings)}; "
-          f"store {settings.store_backend}; logs in {settings.home / 'logs'}")  # fmt: skip
-    print("Ctrl-C stops everything.")
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        while all(p.poll() is None for p in procs):
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        _stop(procs)
+        with stop_children_on_signals(procs):
+            _, key = start_embedded(settings, port, procs=procs)
+            broker = redact_url(resolve_broker_url(settings))
+            print(f"facejobs is up: dashboard http://{settings.api_host}:{port}/  (API docs at /docs)")
+            print(f"dev API key: {key}   (also in {settings.dev_key_file})")
+            print(f"database {redact_url(settings.resolved_database_url)}; broker {broker}; "
+                  f"store {settings.store_backend}; logs in {settings.home / 'logs'}", flush=True)  # fmt: skip
+            print("Ctrl-C (or SIGTERM, SIGHUP) stops everything.", flush=True)
+            while all(p.poll() is None for p in procs):
+                time.sleep(1)
+    except Stopping as exc:
+        print(f"{exc}: the API and the worker are stopped", file=sys.stderr)
     return 0
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 # ---- using the stack ---------------------------------------------------------------------------
@@ -323,7 +257,8 @@ def cmd_workers(args: argparse.Namespace) -> int:
     client = client_from_settings(args)
     for w in client.workers():
         stale = " STALE" if w.get("stale") else ""
-        print(f"{w['id']:40} {w['queues']:10} {w['device']:30} job={w.get('current_job_id') or '-'} "
+        job = w.get("current_job_id") or ("busy" if w.get("busy") else "-")  # another key's job has no id here
+        print(f"{w['id']:40} {w['queues']:10} {w['device']:30} job={job} "
               f"heartbeat={w['last_heartbeat']}{stale}")  # fmt: skip
     return 0
 

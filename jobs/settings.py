@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = 40_000_000
     max_archive_members: int = 200_000
     max_archive_uncompressed_bytes: int = 20 * 1024**3
+    # Unpacked bytes per archive byte; past `archive_ratio_free_bytes` unpacked, a higher ratio is a bomb.
+    max_archive_ratio: float = 100.0
+    archive_ratio_free_bytes: int = 256 * 1024**2
     max_params_bytes: int = 64 * 1024
     page_size_max: int = 200
 

@@ -311,7 +311,7 @@ def embed_image(
         return decoded
     prep = detector.prepare(decoded)
     if isinstance(prep, str):
-        return Failure(key, "too_small", prep)
+        return Failure(key, prep.reason, prep)
     faces = detector.detect([prep])[0]
     if not faces:
         return Failure(key, "no_face", "MTCNN found no face")

@@ -3,9 +3,16 @@
 facenet-pytorch's MTCNN batches only images of one size. `FaceDetector.prepare` gives every image
 its detection size: its own (images of a size are then grouped by the caller), upscaled when its
 shorter side is under `upscale_below` (small images such as ORL's 92x112 crops), or letterboxed
-into `detect_size` x `detect_size` so images of any size share batches. Boxes and landmarks are
+into `detect_size` x `detect_size` so images of any size share batches, and shrunk to fit
+`max_detect_pixels` whatever asked for more (a 1,000,000 x 16 strip upscaled to a 2048 shorter
+side would be 3 TB as floats). Images longer than `max_aspect_ratio` times their width (or the other
+way round) are refused with a reason, as a per-file failure. Boxes and landmarks are
 mapped back to the original image's pixel units (pixel k's centre at k) with the exact per-axis
 scale, so they stay floats; `detect` returns the faces of each image, largest first.
+
+A prepared image keeps its detection input as the decoded uint8 array on the host: it is resized
+and padded on the device only when its batch is detected, so the images waiting for a same-size
+batch cost a quarter of float32 and no device memory.
 
 `method="none"` (`WholeImageDetector`) skips detection for pre-cropped or pre-aligned images
 (digits, aligned face crops): each image is one "face" covering it whole, resized to the model's
@@ -41,6 +48,9 @@ class DetectorSettings:
         detect_size: letterbox every image into this square before detection, so images of any
             size batch together (None: detect at the image's own size, grouped by size).
         batch_size: images per MTCNN call.
+        max_detect_pixels: the largest detection image (h * w) ever built; larger requests shrink to it.
+        max_aspect_ratio: longer side over shorter side beyond which an image is refused (a strip,
+            not a photo: no face detector looks for faces in it).
     """
 
     min_face_size: int = 20
@@ -51,6 +61,8 @@ class DetectorSettings:
     detect_size: int | None = None
     batch_size: int = 32
     method: Literal["mtcnn", "none"] = "mtcnn"
+    max_detect_pixels: int = 4096 * 4096
+    max_aspect_ratio: float = 20.0
 
     def validate(self) -> None:
         problems = []
@@ -68,6 +80,14 @@ class DetectorSettings:
             problems.append(f"method must be 'mtcnn' or 'none', got {self.method!r}")
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_detect_pixels < self.min_face_size**2:
+            problems.append(f"max_detect_pixels {self.max_detect_pixels} is under min_face_size squared")
+        if self.detect_size is not None and self.detect_size**2 > self.max_detect_pixels:
+            problems.append(
+                f"detect_size {self.detect_size} squared is over max_detect_pixels {self.max_detect_pixels}"
+            )
+        if not self.max_aspect_ratio >= 1.0:
+            problems.append(f"max_aspect_ratio must be >= 1, got {self.max_aspect_ratio}")
         if problems:
             raise DetectorSettingsError("; ".join(problems))
 
@@ -81,17 +101,44 @@ class Detection:
     landmarks: np.ndarray
 
 
+class Unusable(str):
+    """Why an image cannot be detected (a `str`, the message), with the failure `reason` to record."""
+
+    reason: str
+
+    def __new__(cls, message: str, reason: str) -> Unusable:
+        out = super().__new__(cls, message)
+        out.reason = reason
+        return out
+
+
 @dataclass
 class Prepared:
-    """An image ready for detection: its tensor at detection size and how to map results back."""
+    """An image ready for detection: its pixels, its detection size and how to map results back."""
 
     image: torch.Tensor  # (3, H, W) float in [0, 1] at the original size, on the device (for alignment)
-    detect: torch.Tensor  # (h, w, 3) float in [0, 255] at detection size (MTCNN's input)
+    source: torch.Tensor  # (H, W, 3) uint8 on the host: resized and padded on the device at detect time
+    resized: tuple[int, int]  # (h, w) the image is resized to
+    padded: tuple[int, int]  # (H, W) of MTCNN's input (the letterbox pads the resized image)
     scale: tuple[float, float]  # (sx, sy): detection pixels per original pixel
 
     @property
     def size(self) -> tuple[int, int]:
-        return int(self.detect.shape[0]), int(self.detect.shape[1])
+        return self.padded
+
+    def detect_input(self, device: torch.device) -> torch.Tensor:
+        """(H, W, 3) float in [0, 255] at detection size on `device`: MTCNN's input."""
+        hwc = self.source.to(device).float()
+        height, width = hwc.shape[:2]
+        (h, w), (ph, pw) = self.resized, self.padded
+        det = hwc
+        if (h, w) != (height, width):
+            chw = hwc.permute(2, 0, 1).unsqueeze(0)
+            det = F.interpolate(chw, size=(h, w), mode="bilinear", align_corners=False, antialias=h < height)
+            det = det[0].permute(1, 2, 0).clamp(0, 255)
+        if (ph, pw) != (h, w):
+            det = F.pad(det.permute(2, 0, 1), (0, pw - w, 0, ph - h)).permute(1, 2, 0)
+        return det.contiguous()
 
 
 class FaceDetector:
@@ -121,31 +168,36 @@ class FaceDetector:
             k = s.detect_size / max(height, width)
             h, w = max(1, round(height * k)), max(1, round(width * k))
             return h, w, s.detect_size, s.detect_size
+        h, w = height, width
         if s.upscale_below and min(height, width) < s.upscale_below:
             k = s.upscale_below / min(height, width)
             h, w = round(height * k), round(width * k)
-            return h, w, h, w
-        return height, width, height, width
+        if h * w > s.max_detect_pixels:
+            # Shrink (or upscale less) to the cap, keeping the aspect ratio; floor keeps it under.
+            k = (s.max_detect_pixels / (height * width)) ** 0.5
+            h, w = max(1, int(height * k)), max(1, int(width * k))
+        return h, w, h, w
 
-    def prepare(self, rgb: np.ndarray) -> Prepared | str:
-        """Move an (H, W, 3) uint8 image to the device at detection size; a message if it is too small."""
+    def prepare(self, rgb: np.ndarray) -> Prepared | Unusable:
+        """An (H, W, 3) uint8 image ready for detection, or why it cannot be (too small, or a strip)."""
         height, width = rgb.shape[:2]
-        h, w, ph, pw = self.detection_size(height, width)
-        if min(h, w) < self.settings.min_face_size:
-            return (
-                f"{width}x{height} is detected at {w}x{h}, under min_face_size {self.settings.min_face_size} "
-                "(set upscale_below to look for faces in small images)"
+        s = self.settings
+        if max(height, width) > s.max_aspect_ratio * min(height, width):
+            return Unusable(
+                f"{width}x{height} is {max(height, width) / min(height, width):.0f} times longer than wide, "
+                f"over max_aspect_ratio {s.max_aspect_ratio:g}: not a photo to look for faces in",
+                "too_large",
             )
-        hwc = torch.from_numpy(rgb).to(self.device).float()
-        det = hwc
-        if (h, w) != (height, width):
-            chw = hwc.permute(2, 0, 1).unsqueeze(0)
-            det = F.interpolate(chw, size=(h, w), mode="bilinear", align_corners=False, antialias=h < height)
-            det = det[0].permute(1, 2, 0).clamp(0, 255)
-        if (ph, pw) != (h, w):
-            det = F.pad(det.permute(2, 0, 1), (0, pw - w, 0, ph - h)).permute(1, 2, 0)
-        image = hwc.permute(2, 0, 1).div(255.0).contiguous()
-        return Prepared(image, det.contiguous(), (w / width, h / height))
+        h, w, ph, pw = self.detection_size(height, width)
+        if min(h, w) < s.min_face_size:
+            return Unusable(
+                f"{width}x{height} is detected at {w}x{h}, under min_face_size {s.min_face_size} "
+                "(set upscale_below to look for faces in small images)",
+                "too_small",
+            )
+        source = torch.from_numpy(np.ascontiguousarray(rgb))
+        image = source.to(self.device).permute(2, 0, 1).float().div(255.0).contiguous()
+        return Prepared(image, source, (h, w), (ph, pw), (w / width, h / height))
 
     @torch.no_grad()
     def detect(self, batch: list[Prepared]) -> list[list[Detection]]:
@@ -155,7 +207,7 @@ class FaceDetector:
         sizes = {p.size for p in batch}
         if len(sizes) != 1:
             raise ValueError(f"one detection batch must hold one image size, got {sorted(sizes)}")
-        stacked = torch.stack([p.detect for p in batch])
+        stacked = torch.stack([p.detect_input(self.device) for p in batch])
         boxes, probs, points = self.mtcnn.detect(stacked, landmarks=True)
         out = []
         for p, b, pr, pt in zip(batch, boxes, probs, points, strict=True):
@@ -188,10 +240,10 @@ class WholeImageDetector(FaceDetector):
         self.settings = settings
         self.device = torch.device(device)
 
-    def prepare(self, rgb: np.ndarray) -> Prepared | str:
+    def prepare(self, rgb: np.ndarray) -> Prepared | Unusable:
         # Every image shares one (dummy) detection size, so the caller batches them all together.
         image = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1).float().div(255.0).contiguous()
-        return Prepared(image, torch.zeros(1, 1, 3, device=self.device), (1.0, 1.0))
+        return Prepared(image, torch.zeros(1, 1, 3, dtype=torch.uint8), (1, 1), (1, 1), (1.0, 1.0))
 
     def detect(self, batch: list[Prepared]) -> list[list[Detection]]:
         out = []

@@ -211,7 +211,7 @@ class Pipeline:
                         continue
                     prep = self.detector.prepare(res)
                     if isinstance(prep, str):
-                        _put(q, ("fail", chunk, i, Failure(key, "too_small", prep)), stop)
+                        _put(q, ("fail", chunk, i, Failure(key, prep.reason, prep)), stop)
                         continue
                     bucket = pending.setdefault(prep.size, [])
                     bucket.append((i, key, prep))

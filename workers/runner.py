@@ -23,6 +23,7 @@ from jobs.db import session_scope
 from jobs.errors import JobInputError, TransientError
 from jobs.kinds import get_kind, load_runner, validate_params
 from jobs.models import Job, JobEvent, Worker
+from jobs.redact import new_error_id, scrub_paths
 from jobs.settings import Settings, get_settings
 from jobs.states import JobStatus, claim, finish, requeue, utcnow
 from jobs.store import get_store
@@ -30,7 +31,8 @@ from workers.context import JobContext
 from workers.runners import Preempted
 
 log = logging.getLogger(__name__)
-TRACEBACK_TAIL = 4000
+TRACEBACK_TAIL = 4000  # the most of an error message an event row keeps
+PUBLIC_DETAIL = 1000  # characters of an unexpected exception's text shown to the job's owner
 
 
 @dataclass
@@ -211,8 +213,13 @@ def _fail(db: str, job_id: str, attempt: int, owner: str, exc: BaseException) ->
         if exc.__cause__ is not None:
             message += f"\n{exc.__cause__}"
     else:
-        tail = "".join(traceback.format_exception(exc))[-TRACEBACK_TAIL:]
-        message = f"{type(exc).__name__}: {exc}\n\n{tail}"
+        # The traceback (with the worker's paths and code) goes to the worker's log under an id;
+        # the job's owner sees the exception and that id.
+        error_id = new_error_id()
+        log.error("job %s failed with error %s:\n%s", job_id, error_id, "".join(traceback.format_exception(exc)))
+        detail = scrub_paths(str(exc))[:PUBLIC_DETAIL]
+        message = f"{type(exc).__name__}: {detail}\n\n(error {error_id}: the worker's log has the traceback)"
+    message = scrub_paths(message)  # input errors too may name the worker's cache or work folders
     with session_scope(db) as s:
         finish(s, job_id, attempt, owner, JobStatus.FAILED, error=message)
     _event(db, job_id, attempt, "error", message[:TRACEBACK_TAIL])

@@ -20,10 +20,13 @@ from api.schemas import ErrorBody, EventPublic, EventsPage, JobCreate, JobPublic
 from jobs.broker import enqueue
 from jobs.kinds import get_kind, validate_params
 from jobs.models import ApiKey, Job, JobEvent, new_id
+from jobs.refs import check_params_refs
 from jobs.states import JobStatus, request_cancel, retry, utcnow
 
 log = logging.getLogger(__name__)
 router = keyed_router("/jobs", "jobs")
+# Event ids are 64-bit signed integers; a larger `after` is refused (422) instead of overflowing the driver.
+MAX_EVENT_ID = 2**63 - 1
 
 
 def send(session: Session, celery: Celery, job: Job) -> bool:
@@ -68,6 +71,8 @@ def create_job(
             return existing
     spec = get_kind(body.kind)
     params = validate_params(body.kind, body.params).model_dump(mode="json")
+    # Every job:/model:/dataset: reference must name one of the caller's objects: 404 now, not a failed job.
+    check_params_refs(session, key.id, params)
     if len(json.dumps(params)) > settings.max_params_bytes:
         raise ApiError(
             413,
@@ -172,7 +177,7 @@ def list_job_events(
     job: JobDep,
     session: SessionDep,
     settings: SettingsDep,
-    after: Annotated[int | None, Query(ge=0, description="Only events with a larger id.")] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_EVENT_ID, description="Only events with a larger id.")] = None,
     type_: Annotated[str | None, Query(alias="type", max_length=16)] = None,
     limit: Annotated[int, Query(ge=1)] = 100,
 ) -> EventsPage:

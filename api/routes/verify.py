@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 from celery import Celery
 from fastapi import Query, Request, Response
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -25,8 +23,9 @@ from api.routes.uploading import multipart_body, upload_dir
 from api.schemas import ErrorBody, VerifyPending, VerifyResult
 from api.uploads import ReceivedFile, receive_multipart
 from jobs.kinds import get_kind, validate_params
-from jobs.models import ApiKey, Dataset, Job, JobEvent, Model, new_id
+from jobs.models import ApiKey, Job, JobEvent, Model, new_id
 from jobs.params.embed import INPUT_NAMES, MAX_VERIFY_IMAGE_BYTES, VerifyParams
+from jobs.refs import RefPathNotFound, check_params_refs, parse_ref, resolve_ref
 from jobs.settings import Settings
 from jobs.states import JobStatus, utcnow
 from jobs.store import Store, join_key
@@ -34,9 +33,6 @@ from jobs.store import Store, join_key
 router = keyed_router("/verify", "verify")
 DEFAULT_TIMEOUT_S = 30.0
 MAX_TIMEOUT_S = 120.0
-_DATASET_IMAGE = re.compile(r"^dataset:([A-Za-z0-9_-]{1,64})/(.+)$")
-_JOB_MODEL = re.compile(r"^job:([A-Za-z0-9_-]{1,64})$")
-_WEIGHTS_MODEL = re.compile(r"^model:([A-Za-z0-9_-]{1,64})$")
 # Form fields besides the two images: the verify kind's params (strings, coerced by its model).
 PARAM_FIELDS = frozenset(VerifyParams.model_fields) - set(INPUT_NAMES)
 # Documented as a file part; the same field may instead carry the text "dataset:<id>/<path>".
@@ -76,42 +72,42 @@ def _check_upload(upload: ReceivedFile, name: str, settings: Settings) -> str:
     if upload.size == 0:
         raise ApiError(400, "invalid_image", f"{name} is empty")
     try:
-        return check_image(upload.path, settings.max_image_pixels)
+        return check_image(upload.path, settings.max_image_pixels, name)
     except BadImage as exc:
         raise ApiError(400, "invalid_image", f"{name}: {exc}", {"field": name}) from None
 
 
-def _check_dataset_image(session: Session, key: ApiKey, name: str, ref: str) -> None:
-    m = _DATASET_IMAGE.match(ref)
-    if m is None:
+def _check_dataset_image(session: Session, key: ApiKey, name: str, text: str) -> None:
+    ref = parse_ref(text)
+    if ref is None or ref.kind != "dataset" or ref.path is None:
         raise ApiError(
             422, "invalid_image_ref", f'{name}: send an image file, or the text "dataset:<id>/<path>"', {"field": name}
         )
-    ds = session.scalar(select(Dataset).where(Dataset.id == m.group(1), Dataset.owner_id == key.id))
-    if ds is None:
-        raise NotFound("dataset", m.group(1))
-    if m.group(2) not in set(ds.files.get("keys", [])):
-        raise ApiError(404, "image_not_found", f"{name}: dataset {ds.id} has no image {m.group(2)!r}", {"field": name})
+    try:
+        resolve_ref(session, key.id, ref)
+    except RefPathNotFound:
+        raise ApiError(
+            404, "image_not_found", f"{name}: dataset {ref.id} has no image {ref.path!r}", {"field": name}
+        ) from None
 
 
 def _check_model(session: Session, key: ApiKey, params: VerifyParams) -> None:
     """The model must be the caller's and usable; another key's reads as unknown (404)."""
-    m = _JOB_MODEL.match(params.model)
-    if m is not None:
-        job = session.scalar(select(Job).where(Job.id == m.group(1), Job.owner_id == key.id))
-        if job is None or job.kind != "train_embedding":
-            raise NotFound("model job", m.group(1))
+    ref = parse_ref(params.model)
+    if ref is not None and ref.kind == "job":
+        job = resolve_ref(session, key.id, ref)
+        if not isinstance(job, Job) or job.kind != "train_embedding":
+            raise NotFound("model job", ref.id)
         if job.status != JobStatus.SUCCEEDED:
             raise ApiError(
                 409, "model_not_ready", f"model job {job.id} is {job.status.value}, not succeeded", {"job_id": job.id}
             )
         return
     if params.weights is not None:
-        w = _WEIGHTS_MODEL.match(params.weights)
-        model_id = w.group(1) if w else params.weights
-        row = session.scalar(select(Model).where(Model.id == model_id, Model.owner_id == key.id))
-        if row is None or row.kind != "facenet":
-            raise NotFound("facenet weights", model_id)
+        weights = parse_ref(params.weights)
+        row = resolve_ref(session, key.id, weights) if weights is not None and weights.kind == "model" else None
+        if not isinstance(row, Model) or row.kind != "facenet":
+            raise NotFound("facenet weights", weights.id if weights is not None else params.weights)
     if params.threshold is None:
         raise ApiError(
             422,
@@ -148,6 +144,7 @@ def _submit(
     assert isinstance(validated, VerifyParams)
     _check_model(session, key, validated)
     stored = validated.model_dump(mode="json")
+    check_params_refs(session, key.id, stored)  # every other reference, as POST /jobs checks them
     if len(json.dumps(stored)) > settings.max_params_bytes:
         raise ApiError(413, "params_too_large", f"params are over {settings.max_params_bytes} bytes as JSON")
     put_all(store, uploads, "images")

@@ -34,7 +34,9 @@ def test_submit_form_types_from_the_schema_and_clone(
 
     page.click("#s-submit")  # model is required: refused in the browser, nothing sent
     assert page.locator('.field[data-field="model"] .field-error').inner_text() == "model is required"
-    page.fill("#p-model", "job:abc123")
+    # A reference the key owns: POST /jobs answers 404 for any other.
+    model = f"job:{add_job(live.stack, kind='train_embedding', status=JobStatus.SUCCEEDED)}"
+    page.fill("#p-model", model)
     page.fill("#p-classes", "0, 3, 7")
     page.uncheck("#p-flip")
     page.select_option("#p-lr_schedule", "cosine")
@@ -44,7 +46,7 @@ def test_submit_form_types_from_the_schema_and_clone(
     job_id = page.locator("#s-last-job").get_attribute("href").rsplit("/", 1)[-1]
     params = live.stack.client.get(f"/jobs/{job_id}").json()["params"]
     assert (params["model"], params["classes"], params["flip"], params["lr_schedule"], params["iterations"]) == (
-        "job:abc123", [0, 3, 7], False, "cosine", 1500)  # fmt: skip
+        model, [0, 3, 7], False, "cosine", 1500)  # fmt: skip
 
     # Clone: the same form, filled with that job's params.
     clone = live.page(f"/ui/submit?clone={job_id}")

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.factories import make_zip, orl_files, upload
+from jobs.broker import enqueue
+from jobs.kinds import validate_params
+from jobs.models import Job
+from tests.api.factories import add_job, key_id, make_zip, orl_files, upload
 from tests.fault.support import FAST_LEASES, events, job_row, run_starts, submit, wait_row
 from tests.services import Stack
 
@@ -38,17 +41,31 @@ def assert_stays_failed(stack: Stack, job_id: str) -> None:
 def test_nan_loss_and_foreign_data_fail_once_with_their_error(services_stack: Stack, orl_dir: Path) -> None:
     stack = services_stack
     nan_job = submit(stack, DIVERGING, kind="train_embedding", max_attempts=3)
-    # Bad data: a dataset id that exists, but belongs to another key (the API checks only the shape).
+    # Bad data: a dataset id that exists, but belongs to another key. The API answers 404 at submit...
     theirs = upload(stack.other, "/datasets", "faces.zip", make_zip(orl_files(orl_dir, ids=("s1", "s2"), per_id=2)))
     assert theirs.status_code == 201, theirs.text
-    foreign_job = submit(stack, {**DIVERGING, "dataset": f"dataset:{theirs.json()['id']}"}, kind="train_embedding")
+    foreign = {**DIVERGING, "dataset": f"dataset:{theirs.json()['id']}"}
+    refused = stack.client.post("/jobs", json={"kind": "train_embedding", "params": foreign})
+    assert (refused.status_code, refused.json()["error"]["code"]) == (404, "not_found")
+    # ...and the worker checks again (a row can change between submit and run): a job written past the API.
+    foreign_job = add_job(stack, key_id(stack), kind="train_embedding")
+    with stack.session() as s:
+        row = s.get(Job, foreign_job)
+        assert row is not None
+        row.params = validate_params("train_embedding", foreign).model_dump(mode="json")
+    enqueue(foreign_job, "train_embedding", "gpu")
     stack.start_worker(extra_env=FAST_LEASES)
 
     job = wait_row(stack, nan_job, lambda j: j.status in ("succeeded", "failed"), timeout=120)
     assert job.status == "failed"
     error = job.error or ""
     assert error.startswith("FloatingPointError: the ArcFace loss became nan at epoch 1; lower lr\n"), error
-    assert "Traceback (most recent call last)" in error and "train_embedding" in error  # the traceback's tail
+    # No traceback for the caller: an error id that finds it in the worker's log.
+    assert "Traceback" not in error
+    error_id = error.rsplit("(error ", 1)[1].split(":", 1)[0]
+    log = "".join(p.read_text() for p in stack.home.glob("worker-*.log"))
+    logged = log[log.index(f"job {nan_job} failed with error {error_id}:") :]
+    assert "Traceback (most recent call last)" in logged and "train_embedding" in logged
     assert [e.message for e in events(stack, nan_job) if e.type == "error"] == [error]
     assert_stays_failed(stack, nan_job)
 

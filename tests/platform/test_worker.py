@@ -71,8 +71,13 @@ def test_failing_job_records_error_and_is_not_retried(stack: Stack) -> None:
     stack.start_worker()
     job = stack.wait_job(job_id)
     assert (job["status"], job["attempt"]) == ("failed", 1)
-    assert job["error"].startswith("RuntimeError: synthetic failure 42")
-    assert "Traceback" in job["error"] and "run_probe" in job["error"]
+    # The owner sees the exception and an error id; the traceback is in the worker's log under that id.
+    error_id = job["error"].rsplit("(error ", 1)[1].split(":", 1)[0]
+    expected = f"RuntimeError: synthetic failure 42\n\n(error {error_id}: the worker's log has the traceback)"
+    assert job["error"] == expected
+    log = "".join(p.read_text() for p in stack.home.glob("worker-*.log"))
+    logged = log[log.index(f"job {job_id} failed with error {error_id}:") :]
+    assert "Traceback (most recent call last)" in logged and "run_probe" in logged
     events = stack.client.get(f"/jobs/{job_id}/events").json()["data"]
     assert [e["type"] for e in events if e["type"] in ("status", "error")][-1] == "error"
 

@@ -7,7 +7,7 @@
   function state(w) {
     if (w.stale) return el("span", { class: "badge s-failed", title: "no heartbeat for too long: dead or cut off" }, "stale");
     if (w.draining) return el("span", { class: "badge s-cancelled" }, "draining");
-    if (w.current_job_id) return el("span", { class: "badge s-running" }, "busy");
+    if (w.busy) return el("span", { class: "badge s-running" }, "busy");
     return el("span", { class: "badge s-queued" }, "idle");
   }
 
