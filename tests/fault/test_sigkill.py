@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import select
 
 from jobs.models import Artifact, Job, Worker
+from jobs.states import renew_lease
 from tests.fault.support import (
     FAST_LEASES,
     TERMINAL,
@@ -37,6 +38,7 @@ from tests.services import Stack
 
 N_JOBS, N_WORKERS, DURATION = 20, 3, 5
 SEED = 8
+LEASE_SECONDS = int(FAST_LEASES["FACEJOBS_LEASE_SECONDS"])
 SETTLE_SECONDS = 1.0  # after a kill, before reading what the dead process left in the store
 DEADLINE_SECONDS = 240
 
@@ -76,9 +78,10 @@ class WorkerRowLock:
     """Holds `SELECT ... FOR UPDATE` on a worker's row, so that process stalls after its job's last artifact.
 
     The runner's caller clears the worker row's current job (`_set_current`) after the runner returns and
-    before it records the result; the heartbeat thread writes the same row. With the row locked, a job
-    records all its artifacts and then waits, still running: a kill then lands between "artifact recorded"
-    and "job finished", every time, instead of by luck in a window of milliseconds.
+    before it records the result; the heartbeat thread writes the same row (so `kill_each_once` renews
+    the held job's lease in its place). With the row locked, a job records all its artifacts and then
+    waits, still running: a kill then lands between "artifact recorded" and "job finished", every time,
+    instead of by luck in a window of milliseconds.
     """
 
     def __init__(self, stack: Stack, owner: str) -> None:
@@ -127,9 +130,8 @@ def kill_each_once(
                         Job.id.in_([*ids, *also_wait])
                     )
                 ).all()
-                recorded = set(
-                    s.execute(select(Artifact.job_id, Artifact.name).where(Artifact.job_id.in_(list(held)))).all()
-                )
+                named = select(Artifact.job_id, Artifact.name).where(Artifact.job_id.in_(list(held)))
+                recorded = {(job, name) for job, name in s.execute(named)}
             if all(r.status in TERMINAL for r in rows):
                 return killed_at, resume_step
             assert time.monotonic() < deadline, f"jobs still not done: {[(r.id, r.status, r.attempt) for r in rows]}"
@@ -145,6 +147,10 @@ def kill_each_once(
                     continue
                 if job_id in held:
                     lock, held_owner = held[job_id]
+                    # The stalled heartbeat thread cannot renew the lease: renew it for it, so the job is
+                    # still this attempt's when its artifacts are in, however long the runner takes.
+                    with stack.session() as s:
+                        assert renew_lease(s, job_id, 1, held_owner, LEASE_SECONDS) == (True, False), job_id
                     if (job_id, after_artifact[job_id]) in recorded:
                         assert (status, attempt) == ("running", 1), (job_id, status, attempt)  # recorded, unfinished
                         kill(stack, held_owner, plan[job_id][2])
