@@ -21,7 +21,7 @@ T = TypeVar("T")
 POLL_SECONDS = 0.05
 
 
-def wait_for(predicate: Callable[[], T], timeout: float, what: str, poll: float = POLL_SECONDS) -> T:
+def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, poll: float = POLL_SECONDS) -> T:
     """The first truthy value of `predicate()`, polled every `poll` seconds for up to `timeout` seconds.
 
     Raises:
