@@ -61,15 +61,18 @@ def read_zip_directory(fp: BinaryIO, file_size: int) -> ZipDirectory:
         raise ZipDirectoryError("no end-of-central-directory record: not a zip, or truncated")
     eocd_pos = file_size - tail_len + at
     _, _disk, _cd_disk, _disk_entries, entries, size, _offset, _comment = EOCD.unpack_from(tail, at)
-    if entries != 0xFFFF and size != 0xFFFFFFFF and _offset != 0xFFFFFFFF:
+    # zip64: the locator sits just before the EOCD and points at the zip64 end record. Some writers
+    # (torch.save among them) add the zip64 records even when the plain EOCD's fields fit, and then
+    # the directory ends before them, not at the EOCD.
+    locator = b""
+    if eocd_pos >= ZIP64_LOCATOR.size:
+        fp.seek(eocd_pos - ZIP64_LOCATOR.size)
+        locator = fp.read(ZIP64_LOCATOR.size)
+    if locator[:4] != ZIP64_LOCATOR_SIG:
+        if entries == 0xFFFF or size == 0xFFFFFFFF or _offset == 0xFFFFFFFF:
+            raise ZipDirectoryError("a zip64 archive without its zip64 locator")
         return ZipDirectory(entries, size, eocd_pos - size, False)
-    # zip64: the locator sits just before the EOCD and points at the zip64 end record.
-    if eocd_pos < ZIP64_LOCATOR.size:
-        raise ZipDirectoryError("a zip64 archive without its zip64 locator")
-    fp.seek(eocd_pos - ZIP64_LOCATOR.size)
-    sig, _, rec_offset, _ = ZIP64_LOCATOR.unpack(fp.read(ZIP64_LOCATOR.size))
-    if sig != ZIP64_LOCATOR_SIG:
-        raise ZipDirectoryError("a zip64 archive without its zip64 locator")
+    _, _, rec_offset, _ = ZIP64_LOCATOR.unpack(locator)
     rec_pos = eocd_pos - ZIP64_LOCATOR.size - ZIP64_EOCD.size  # where it is, whatever the locator says
     if rec_pos < 0:
         raise ZipDirectoryError("the zip64 end record is missing")

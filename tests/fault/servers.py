@@ -15,6 +15,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.platform.s3server import PORT_FLAGS, free_ports, weed_binary
@@ -151,6 +152,7 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
+        self.accepted = 0  # connections clients opened, forwarded or not (a refused upstream is still a try)
 
     def open(self) -> None:
         listener = socket.socket()
@@ -178,6 +180,8 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return  # cut
+            with self._lock:
+                self.accepted += 1
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -186,14 +190,54 @@ class TcpProxy:
             upstream.settimeout(None)
             with self._lock:
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            threading.Thread(target=self._forward, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+
+    def _forward(self, src: socket.socket, dst: socket.socket) -> None:
+        """What the client sends (a subclass may look at it first)."""
+        self._pipe(src, dst)
 
     @staticmethod
     def _pipe(src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
                 dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+
+class TripwireProxy(TcpProxy):
+    """A `TcpProxy` that calls `on_trip()` the first time a client sends `marker`, instead of forwarding it.
+
+    In front of S3 with the marker `PUT /<bucket>/<key>`, it catches the moment one object's upload
+    starts: `on_trip` takes the server down, and the request that tripped it never reaches the server,
+    so the upload is cut after it began and before anything was stored, every time.
+    """
+
+    def __init__(self, target_port: int, marker: bytes, on_trip: Callable[[], None]) -> None:
+        super().__init__(target_port)
+        self.marker, self.on_trip = marker, on_trip
+        self.tripped = threading.Event()
+        self._trip_lock = threading.Lock()
+
+    def _forward(self, src: socket.socket, dst: socket.socket) -> None:
+        tail = b""  # the end of the previous chunk: the marker may straddle two reads
+        try:
+            while data := src.recv(65536):
+                if self.marker in tail + data:
+                    with self._trip_lock:
+                        if not self.tripped.is_set():
+                            self.on_trip()
+                            self.tripped.set()
+                    for conn in (src, dst):
+                        with contextlib.suppress(OSError):
+                            conn.shutdown(socket.SHUT_RDWR)
+                    return
+                dst.sendall(data)
+                tail = data[-len(self.marker) :]
         except OSError:
             pass
         finally:

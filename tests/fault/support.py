@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +13,7 @@ from sqlalchemy import select
 
 from jobs.models import Artifact, Job, JobEvent
 from tests.services import Stack
+from tests.support import wait_for
 
 # Leases short enough that a lost worker is noticed in seconds, not minutes.
 FAST_LEASES = {
@@ -40,14 +40,17 @@ def job_row(stack: Stack, job_id: str) -> Job:
 
 def wait_row(stack: Stack, job_id: str, predicate: Callable[[Job], bool], timeout: float = 60.0) -> Job:
     """Poll the job's row (not the API: it may be the thing that is down) until `predicate` holds."""
-    deadline = time.monotonic() + timeout
-    job = job_row(stack, job_id)
-    while time.monotonic() < deadline:
-        job = job_row(stack, job_id)
-        if predicate(job):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} never matched: status={job.status} attempt={job.attempt} error={job.error}")
+    last: list[Job] = []
+
+    def matching() -> Job | None:
+        last[:] = [job_row(stack, job_id)]
+        return last[0] if predicate(last[0]) else None
+
+    try:
+        return wait_for(matching, timeout, f"job {job_id} to match", poll=0.1)
+    except AssertionError as exc:
+        job = last[0]
+        raise AssertionError(f"{exc}: status={job.status} attempt={job.attempt} error={job.error}") from None
 
 
 def events(stack: Stack, job_id: str) -> list[JobEvent]:

@@ -28,6 +28,7 @@ from tests.fault.support import (
     wait_row,
 )
 from tests.services import Stack
+from tests.support import wait_for
 
 TERMINATE_OTHERS = text(
     "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -68,9 +69,11 @@ def test_worker_reconnects_after_its_connections_are_terminated_mid_job(services
     assert len(run_starts(stack, job_id)) == 1  # no lease was lost: the same attempt finished
     assert_artifacts_intact(stack, job_id, ["probe.json"])
     assert worker.poll() is None  # the worker is still alive, and talks to the database again:
-    time.sleep(1.0)
     with admin.connect() as conn:
-        assert conn.execute(BACKENDS_SINCE, {"since": last_cut}).scalar_one() >= 1
+        wait_for(
+            lambda: conn.execute(BACKENDS_SINCE, {"since": last_cut}).scalar_one() >= 1,
+            30, "a worker connection opened after the last termination",
+        )  # fmt: skip
     admin.dispose()
 
 

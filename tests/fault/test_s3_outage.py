@@ -6,11 +6,10 @@ folder (the shared session server is never touched).
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.fault.conftest import S3Stack
+from tests.fault.servers import TcpProxy, TripwireProxy
 from tests.fault.support import (
     FAST_LEASES,
     artifacts,
@@ -23,6 +22,7 @@ from tests.fault.support import (
     submit,
     wait_row,
 )
+from tests.support import wait_for
 
 DURATION = 4
 
@@ -33,14 +33,20 @@ def test_short_s3_outage_is_bridged_by_the_upload_retries(s3_stack: S3Stack) -> 
     # Backoff 0.25, 0.5, 1, 2, 4, 8 s: up to 15 s of outage is waited out inside one upload.
     retries = {"FACEJOBS_STORE_RETRIES": "6", "FACEJOBS_STORE_BACKOFF_SECONDS": "0.25"}
     job_id = submit(stack, {"matmul_size": 32, "matmul_repeats": 1, "duration_seconds": DURATION})
-    stack.start_worker(extra_env={**FAST_LEASES, **retries})
+    # The worker reaches S3 through a proxy that counts its connections: each try of an upload during
+    # the outage is one connection the proxy accepts and cannot forward.
+    proxy = TcpProxy(s3.ports["s3.port"])
+    proxy.open()
+    stack.start_worker(extra_env={**FAST_LEASES, **retries, "FACEJOBS_S3_ENDPOINT": f"127.0.0.1:{proxy.port}"})
     stopped_at = wait_row(stack, job_id, lambda j: (j.checkpoint_step or 0) >= 1).checkpoint_step
     s3.stop()
-    time.sleep(2.5)  # at least two checkpoint uploads fall into the outage
+    tries_before = proxy.accepted
+    wait_for(lambda: proxy.accepted >= tries_before + 2, 30, "two upload tries to fall into the outage")
     assert wait_row(stack, job_id, lambda j: True).checkpoint_step in (stopped_at, (stopped_at or 0) + 1)
     s3.start()  # same ports, same data: the blocked upload goes through on a later try
 
     job = wait_row(stack, job_id, lambda j: j.status in ("succeeded", "failed"), timeout=60)
+    proxy.cut()
     assert (job.status, job.attempt, job.error) == ("succeeded", 1, None)
     assert job.result is not None and job.result["seconds_run"] == DURATION
     assert [e.message for e in events(stack, job_id) if e.type == "error"] == []
@@ -49,7 +55,7 @@ def test_short_s3_outage_is_bridged_by_the_upload_retries(s3_stack: S3Stack) -> 
 
 
 @pytest.mark.fault
-def test_s3_gone_fails_the_job_after_its_retries_and_records_no_partial_artifact(s3_stack: S3Stack) -> None:
+def test_s3_gone_fails_the_job_after_its_retries_and_keeps_the_last_checkpoint(s3_stack: S3Stack) -> None:
     stack, s3 = s3_stack.stack, s3_stack.s3
     retries = {"FACEJOBS_STORE_RETRIES": "2", "FACEJOBS_STORE_BACKOFF_SECONDS": "0.3"}  # waits 0.3 s, then 0.6 s
     job_id = submit(stack, {"matmul_size": 32, "matmul_repeats": 1, "duration_seconds": DURATION}, max_attempts=2)
@@ -82,6 +88,30 @@ def test_s3_gone_fails_the_job_after_its_retries_and_records_no_partial_artifact
     assert values['facejobs_jobs{kind="probe",status="failed"}'] == 1
     s3.start()
     assert readiness(stack.client) == (200, {"database": True, "broker": True, "store": True})
-    assert artifacts(stack, job_id) == []  # probe.json was never recorded
-    assert stack.store.list(f"jobs/{job_id}") == [key]  # and never stored
+    # The job never reached probe.json (the next test cuts the store during that upload).
+    assert artifacts(stack, job_id) == []
+    assert stack.store.list(f"jobs/{job_id}") == [key]
     assert checkpoint_step(stack, job_id) == job.checkpoint_step  # the recorded checkpoint is complete
+
+
+@pytest.mark.fault
+def test_s3_gone_during_the_artifact_upload_records_no_artifact(s3_stack: S3Stack) -> None:
+    stack, s3 = s3_stack.stack, s3_stack.s3
+    job_id = submit(stack, {"matmul_size": 32, "matmul_repeats": 1}, max_attempts=1)  # no checkpoints: one upload
+    key = f"jobs/{job_id}/probe.json"
+    # The worker reaches S3 through a proxy that stops the server the moment the artifact's PUT starts
+    # (the request is not forwarded): the upload is cut after put_artifact began it, every time.
+    proxy = TripwireProxy(s3.ports["s3.port"], f"PUT /{stack.settings.s3_bucket}/{key}".encode(), s3.stop)
+    proxy.open()
+    try:
+        retries = {"FACEJOBS_STORE_RETRIES": "2", "FACEJOBS_STORE_BACKOFF_SECONDS": "0.1"}
+        stack.start_worker(extra_env={**FAST_LEASES, **retries, "FACEJOBS_S3_ENDPOINT": f"127.0.0.1:{proxy.port}"})
+        job = wait_row(stack, job_id, lambda j: j.status in ("succeeded", "failed"), timeout=60)
+    finally:
+        proxy.cut()
+    assert proxy.tripped.is_set()
+    assert (job.status, job.attempt) == ("failed", 1)
+    assert (job.error or "").startswith(f"TransientError: object store unavailable during upload {key}: "), job.error
+    s3.start()
+    assert artifacts(stack, job_id) == []  # the failed upload recorded no row
+    assert stack.store.list(f"jobs/{job_id}") == []  # and stored nothing

@@ -5,7 +5,9 @@ its first attempt, after a random number of checkpoints plus a random fraction o
 time the whole worker (its process group: a preempted machine), half the time only the pool process
 running the job (a GPU process OOM-killed; Celery then redelivers the message, which the claim must
 drop). The reaper requeues the job when its lease expires and another worker process resumes it from
-the checkpoint the dead one left.
+the checkpoint the dead one left. A quarter of the jobs are killed in the other window instead: after
+their artifact is recorded and before the job finishes (`WorkerRowLock`), so "nothing doubles" is
+tested where a resumed attempt records the same artifact again.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from jobs.models import Job
+from jobs.models import Artifact, Job, Worker
+from jobs.states import renew_lease
 from tests.fault.support import (
     FAST_LEASES,
     TERMINAL,
@@ -35,6 +38,7 @@ from tests.services import Stack
 
 N_JOBS, N_WORKERS, DURATION = 20, 3, 5
 SEED = 8
+LEASE_SECONDS = int(FAST_LEASES["FACEJOBS_LEASE_SECONDS"])
 SETTLE_SECONDS = 1.0  # after a kill, before reading what the dead process left in the store
 DEADLINE_SECONDS = 240
 
@@ -70,6 +74,29 @@ def kill(stack: Stack, owner: str, whole_worker: bool) -> None:
         time.sleep(0.02)
 
 
+class WorkerRowLock:
+    """Holds `SELECT ... FOR UPDATE` on a worker's row, so that process stalls after its job's last artifact.
+
+    The runner's caller clears the worker row's current job (`_set_current`) after the runner returns and
+    before it records the result; the heartbeat thread writes the same row (so `kill_each_once` renews
+    the held job's lease in its place). With the row locked, a job records all its artifacts and then
+    waits, still running: a kill then lands between "artifact recorded" and "job finished", every time,
+    instead of by luck in a window of milliseconds.
+    """
+
+    def __init__(self, stack: Stack, owner: str) -> None:
+        from jobs.db import get_engine
+
+        self.conn = get_engine(stack.settings.resolved_database_url).connect()
+        self.trans = self.conn.begin()
+        node = owner.rsplit("/", 1)[0]
+        assert self.conn.execute(select(Worker.id).where(Worker.id == node).with_for_update()).scalar() == node
+
+    def release(self) -> None:
+        self.trans.rollback()
+        self.conn.close()
+
+
 def kill_each_once(
     stack: Stack,
     ids: list[str],
@@ -78,46 +105,74 @@ def kill_each_once(
     also_wait: tuple[str, ...] = (),
     deadline_seconds: float = DEADLINE_SECONDS,
     poll_seconds: float = 0.1,
+    after_artifact: dict[str, str] | None = None,
 ) -> tuple[dict[str, float], dict[str, int]]:
     """Run until every job of `ids` and `also_wait` is terminal, killing each job of `ids` once.
 
     `plan[id]` = (checkpoints, jitter, whole_worker): the job's first attempt is killed `jitter`
     seconds after its checkpoint step reaches `checkpoints * steps_per_checkpoint`, the whole worker
-    or only its pool child. Returns when each job was killed and the checkpoint step it left.
+    or only its pool child. A job in `after_artifact` (id -> the last artifact its runner records) is
+    instead held before it can finish once its step reaches that point (`WorkerRowLock`), and killed
+    as soon as that artifact's row exists: between its artifacts being recorded and the job finishing.
+    Returns when each job was killed and the checkpoint step it left.
     """
+    after_artifact = after_artifact or {}
     due: dict[str, float] = {}
+    held: dict[str, tuple[WorkerRowLock, str]] = {}
     killed_at: dict[str, float] = {}
     resume_step: dict[str, int] = {}
     deadline = time.monotonic() + deadline_seconds
-    while True:
-        with stack.session() as s:
-            rows = s.execute(
-                select(Job.id, Job.status, Job.attempt, Job.checkpoint_step, Job.lease_owner).where(
-                    Job.id.in_([*ids, *also_wait])
-                )
-            ).all()
-        if all(r.status in TERMINAL for r in rows):
-            return killed_at, resume_step
-        assert time.monotonic() < deadline, f"jobs still not done: {[(r.id, r.status, r.attempt) for r in rows]}"
-        now = time.monotonic()
-        for job_id, status, attempt, step, owner in rows:
-            if job_id not in plan:
-                continue
-            if job_id in killed_at:
-                if job_id not in resume_step and now >= killed_at[job_id] + SETTLE_SECONDS:
-                    # The lease (4 s) has not expired yet, so no new attempt has written a checkpoint.
-                    assert attempt == 1, (job_id, status, attempt)
-                    resume_step[job_id] = checkpoint_step(stack, job_id)
-                continue
-            if status != "running" or attempt != 1 or owner is None:
-                continue
-            after_checkpoints, jitter, whole_worker = plan[job_id]
-            if (step or 0) >= after_checkpoints * steps_per_checkpoint:
-                due.setdefault(job_id, now + jitter)
-            if job_id in due and now >= due[job_id]:
-                kill(stack, owner, whole_worker)
-                killed_at[job_id] = time.monotonic()
-        time.sleep(poll_seconds)
+    try:
+        while True:
+            with stack.session() as s:
+                rows = s.execute(
+                    select(Job.id, Job.status, Job.attempt, Job.checkpoint_step, Job.lease_owner).where(
+                        Job.id.in_([*ids, *also_wait])
+                    )
+                ).all()
+                named = select(Artifact.job_id, Artifact.name).where(Artifact.job_id.in_(list(held)))
+                recorded = {(job, name) for job, name in s.execute(named)}
+            if all(r.status in TERMINAL for r in rows):
+                return killed_at, resume_step
+            assert time.monotonic() < deadline, f"jobs still not done: {[(r.id, r.status, r.attempt) for r in rows]}"
+            now = time.monotonic()
+            for job_id, status, attempt, step, owner in rows:
+                if job_id not in plan:
+                    continue
+                if job_id in killed_at:
+                    if job_id not in resume_step and now >= killed_at[job_id] + SETTLE_SECONDS:
+                        # The lease (4 s) has not expired yet, so no new attempt has written a checkpoint.
+                        assert attempt == 1, (job_id, status, attempt)
+                        resume_step[job_id] = checkpoint_step(stack, job_id)
+                    continue
+                if job_id in held:
+                    lock, held_owner = held[job_id]
+                    # The stalled heartbeat thread cannot renew the lease: renew it for it, so the job is
+                    # still this attempt's when its artifacts are in, however long the runner takes.
+                    with stack.session() as s:
+                        assert renew_lease(s, job_id, 1, held_owner, LEASE_SECONDS) == (True, False), job_id
+                    if (job_id, after_artifact[job_id]) in recorded:
+                        assert (status, attempt) == ("running", 1), (job_id, status, attempt)  # recorded, unfinished
+                        kill(stack, held_owner, plan[job_id][2])
+                        killed_at[job_id] = time.monotonic()
+                        lock.release()
+                        del held[job_id]
+                    continue
+                if status != "running" or attempt != 1 or owner is None:
+                    continue
+                after_checkpoints, jitter, whole_worker = plan[job_id]
+                if (step or 0) >= after_checkpoints * steps_per_checkpoint:
+                    if job_id in after_artifact:
+                        held[job_id] = (WorkerRowLock(stack, owner), owner)
+                        continue
+                    due.setdefault(job_id, now + jitter)
+                if job_id in due and now >= due[job_id]:
+                    kill(stack, owner, whole_worker)
+                    killed_at[job_id] = time.monotonic()
+            time.sleep(poll_seconds)
+    finally:
+        for lock, _ in held.values():
+            lock.release()
 
 
 @pytest.mark.fault
@@ -129,10 +184,14 @@ def test_twenty_random_sigkills_every_job_resumes_and_succeeds_once(services_sta
            for _ in range(N_JOBS)]  # fmt: skip
     # Per job: kill after this many checkpoints, plus this many seconds, the whole worker or only its pool child.
     plan = {job_id: (rng.randint(1, 3), rng.uniform(0.0, 0.9), i % 2 == 0) for i, job_id in enumerate(ids)}
+    # A quarter of the jobs are killed after probe.json is recorded and before the job finishes instead
+    # (held from their second-to-last checkpoint on): the resumed attempt records it again, once.
+    window = {job_id: "probe.json" for i, job_id in enumerate(ids) if i % 4 in (1, 2)}
+    plan |= {job_id: (DURATION - 1, 0.0, plan[job_id][2]) for job_id in window}
     for _ in range(N_WORKERS):
         stack.start_worker(extra_env=FAST_LEASES)
 
-    killed_at, resume_step = kill_each_once(stack, ids, plan)
+    killed_at, resume_step = kill_each_once(stack, ids, plan, after_artifact=window)
 
     # Every job was killed once, at a random point (a job that finished first means this loop fell behind).
     unkilled = sorted(set(ids) - set(killed_at))
@@ -146,7 +205,10 @@ def test_twenty_random_sigkills_every_job_resumes_and_succeeds_once(services_sta
         owners = [m.removeprefix("running on ").split(" (attempt")[0] for m in run_starts(stack, job_id)]
         assert len(owners) == 2 and owners[0] != owners[1], owners  # resumed by another worker process
         step = resume_step[job_id]
-        assert plan[job_id][0] <= step < DURATION, (job_id, step)
+        if job_id in window:  # killed after its last checkpoint and its artifact
+            assert step == DURATION, (job_id, step)
+        else:
+            assert plan[job_id][0] <= step < DURATION, (job_id, step)
         evs = events(stack, job_id)
         resumed = [e.message for e in evs if e.message.startswith("resumed")]
         assert resumed == [f"resumed from checkpoint at step {step}"], (job_id, resumed)
@@ -154,7 +216,7 @@ def test_twenty_random_sigkills_every_job_resumes_and_succeeds_once(services_sta
         # The second attempt did only the remaining seconds, each once.
         steps = [e.data["step"] for e in evs if e.type == "progress" and e.attempt == 2 and e.data["step"] > 0]
         assert steps == list(range(step + 1, DURATION + 1)), (job_id, step, steps)
-        assert_artifacts_intact(stack, job_id, ["probe.json"])
+        assert_artifacts_intact(stack, job_id, ["probe.json"])  # recorded exactly once, killed in the window or not
         assert stack.store.list(f"jobs/{job_id}") == [f"jobs/{job_id}/checkpoint.pt", f"jobs/{job_id}/probe.json"]
         assert checkpoint_step(stack, job_id) == DURATION
 

@@ -6,7 +6,9 @@ killed once on their first attempt, after a random number of checkpoints plus a 
 second, half the time the whole worker (a preempted machine), half the time only its pool process
 (an OOM-killed GPU process); the twenty-first runs untouched as the reference. Each killed job must be
 requeued by the reaper, resumed on another worker process from the checkpoint the dead one left, and
-end with the reference's images (to 1e-5), the same artifacts recorded once each, and attempt 2.
+end with the reference's images (to 1e-5), the same artifacts recorded once each, and attempt 2. A
+quarter of them are killed after all their artifacts are recorded and before the job finishes (see
+`WorkerRowLock` in test_sigkill.py), so the resumed attempt records every name a second time.
 """
 
 from __future__ import annotations
@@ -73,18 +75,24 @@ def test_twenty_random_sigkills_of_inversions_resume_to_the_uninterrupted_images
     rng = random.Random(SEED)
     # Per job: kill after this many checkpoints, plus this many seconds, the whole worker or only its pool child.
     plan = {job_id: (rng.randint(1, 4), rng.uniform(0.0, 0.5), i % 2 == 0) for i, job_id in enumerate(ids)}
+    # A quarter are killed after recording all their artifacts (metrics.json is the last) and before
+    # finishing instead, held from their last checkpoint on: the resumed attempt records each again, once.
+    window = {job_id: "metrics.json" for i, job_id in enumerate(ids) if i % 4 in (1, 2)}
+    plan |= {job_id: (ITERATIONS // CHECKPOINT_EVERY - 1, 0.0, plan[job_id][2]) for job_id in window}
     for _ in range(N_WORKERS):
         stack.start_worker(extra_env=FAST_LEASES)
 
     killed_at, resume_step = kill_each_once(
-        stack, ids, plan, CHECKPOINT_EVERY, also_wait=(reference,), deadline_seconds=DEADLINE_SECONDS, poll_seconds=0.05
-    )
+        stack, ids, plan, CHECKPOINT_EVERY, also_wait=(reference,), deadline_seconds=DEADLINE_SECONDS,
+        poll_seconds=0.05, after_artifact=window,
+    )  # fmt: skip
 
     ref_job = stack.client.get(f"/jobs/{reference}").json()
     assert (ref_job["status"], ref_job["attempt"]) == ("succeeded", 1), ref_job
     ref = tensors(stack, reference)
     ref_names = sorted(artifact_names(stack, reference))
-    assert "tensors.pt" in ref_names and "grid.png" in ref_names and len(ref_names) >= 13, ref_names
+    assert ref_names == sorted(["grid.png", "metrics.json", "previews/grid.png", "tensors.pt",
+                                *(f"images/{digit}_0.png" for digit in range(10))])  # fmt: skip
 
     unkilled = sorted(set(ids) - set(killed_at))
     assert not unkilled, [(j, plan[j]) for j in unkilled]  # a job that finished first: this loop fell behind
@@ -96,7 +104,11 @@ def test_twenty_random_sigkills_of_inversions_resume_to_the_uninterrupted_images
         owners = [m.removeprefix("running on ").split(" (attempt")[0] for m in run_starts(stack, job_id)]
         assert len(owners) == 2 and owners[0] != owners[1], owners  # resumed by another worker process
         step = resume_step[job_id]
-        assert plan[job_id][0] * CHECKPOINT_EVERY <= step < ITERATIONS and step % CHECKPOINT_EVERY == 0, (job_id, step)
+        if job_id in window:  # killed after its artifacts: the last checkpoint was at step 180
+            assert step == ITERATIONS - CHECKPOINT_EVERY, (job_id, step)
+        else:
+            assert plan[job_id][0] * CHECKPOINT_EVERY <= step < ITERATIONS, (job_id, step)
+            assert step % CHECKPOINT_EVERY == 0, (job_id, step)
         resumed = [e.message for e in events(stack, job_id) if e.message.startswith("resumed")]
         assert resumed == [f"resumed from checkpoint at step {step}"], (job_id, resumed)
         # The killed-and-resumed run ends exactly where the untouched one did.
@@ -105,6 +117,7 @@ def test_twenty_random_sigkills_of_inversions_resume_to_the_uninterrupted_images
         assert torch.allclose(got["images"], ref["images"], atol=1e-5, rtol=0), (
             job_id, step, float((got["images"] - ref["images"]).abs().max())
         )  # fmt: skip
-        # Every artifact recorded once, each row matching a complete stored object.
+        # Every artifact recorded once (also where the kill came after all were recorded), each row
+        # matching a complete stored object.
         assert sorted(artifact_names(stack, job_id)) == ref_names, job_id
         assert_artifacts_intact(stack, job_id, ref_names)

@@ -4,9 +4,9 @@ Choices, for a 2-core CPU budget (the whole module runs in about 70 s on one cor
 - DCGAN at 32x32 (MNIST's 28x28 resized; the 64x64 default adds a stage and 4x the pixels),
   generator width 32, discriminator width 16, latent_dim 16, normal prior, 3 epochs over the
   8,000 shared MNIST images (375 steps of 64): the samples are recognisable digits. The generator
-  is kept at width 32 rather than 16 because the encoder-vs-gradient speed ratio scales with the
-  generator's cost (200 forward+backward passes against one ResNet-18 pass): with a 4.5 MMAC
-  generator it measured 43x on one core, with this 17 MMAC one it is several times the 50x bar.
+  is at width 32 rather than 16, as when this module also timed the encoder; how much faster the
+  encoder is than gradient descent is measured by `bench/recover.py` (`encoder_speedup`), not here:
+  speed is the machine's, not a property a test can assert.
 - Encoder: ResNet-18 (torchvision, untrained start), 150 steps of 16 pairs at lr 1e-3 (the job's
   default is 2e-4 for 20,000 steps), latent + pixel losses.
 - Targets: 32 images generated from latents drawn with a fixed seed.
@@ -118,30 +118,26 @@ def test_gradient_recovery_finds_the_latent_of_most_generated_images(
     assert float(psnr(to_unit(result.images), to_unit(x)).median()) > 40.0
 
 
-def test_encoder_is_fast_and_refining_it_beats_gradient_descent(
+def test_refining_the_encoders_guess_beats_gradient_descent(
     mnist_gan: dict[str, Any], mnist_encoder: dict[str, Any], targets: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
     true_z, x = targets
     gen, info = mnist_gan["generator"], mnist_gan["info"]
     encoder: LatentEncoder = mnist_encoder["encoder"]
-    recover_latent(gen, x[:4], "encoder", encoder=encoder)  # warm-up (allocator, kernels)
     grad = recover_latent(gen, x, "gradient", info.latent_dim, info.prior, iterations=200, seed=1)
-    # Best of 5: one encoder pass takes tens of milliseconds, at the mercy of the scheduler.
-    enc = min((recover_latent(gen, x, "encoder", encoder=encoder) for _ in range(5)), key=lambda r: r.seconds)
+    enc = recover_latent(gen, x, "encoder", encoder=encoder)
     refine = recover_latent(gen, x, "encoder+refine", encoder=encoder, iterations=100, seed=1)
 
     def mean_psnr(images: torch.Tensor) -> float:
         return float(psnr(to_unit(images), to_unit(x)).clamp(max=100).mean())
 
-    ratio = grad.seconds_per_image / enc.seconds_per_image
     p_grad, p_enc, p_refine = mean_psnr(grad.images), mean_psnr(enc.images), mean_psnr(refine.images)
     print(
-        f"encoder {enc.seconds_per_image * 1e3:.2f} ms/image vs gradient-200 {grad.seconds_per_image * 1e3:.1f} "
-        f"ms/image: {ratio:.0f}x; PSNR gradient-200 {p_grad:.2f}, encoder {p_enc:.2f}, encoder+refine-100 "
-        f"{p_refine:.2f}; encoder held-out latent cosine {mnist_encoder['metrics']['latent_cosine']:.3f}"
+        f"PSNR gradient-200 {p_grad:.2f}, encoder {p_enc:.2f}, encoder+refine-100 {p_refine:.2f}; "
+        f"encoder held-out latent cosine {mnist_encoder['metrics']['latent_cosine']:.3f}"
     )
-    assert ratio >= 50.0
-    assert refine.iterations < grad.iterations
+    # The encoder's guess is one forward pass (no descent steps); refining it takes half gradient's steps.
+    assert (enc.iterations, refine.iterations, grad.iterations) == (0, 100, 200)
     assert p_refine >= p_grad
     # The encoder alone is a rough guess that the refinement improves on.
     assert p_refine > p_enc

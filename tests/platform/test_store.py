@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -15,6 +15,7 @@ from jobs.errors import TransientError
 from jobs.settings import Settings
 from jobs.store import InvalidKey, LocalStore, ObjectMissing, S3Store, Store, check_key, join_key
 from tests.platform.s3server import S3Server
+from tests.support import wait_for
 
 
 def s3_settings(server: S3Server, **extra: object) -> Settings:
@@ -76,11 +77,11 @@ def test_presigned_urls_work_then_expire(s3_server: S3Server) -> None:
     store = S3Store(s3_settings(s3_server))
     store.put_bytes("jobs/p/probe.json", b'{"ok": true}', "application/json")
     url = store.presigned_get("jobs/p/probe.json", 2, filename="probe.json")
+    assert parse_qs(urlsplit(url).query)["X-Amz-Expires"] == ["2"]
     resp = httpx.get(url)
     assert (resp.status_code, resp.content) == (200, b'{"ok": true}')
     assert 'filename="probe.json"' in resp.headers["content-disposition"]
-    time.sleep(3.1)
-    assert httpx.get(url).status_code == 403
+    wait_for(lambda: httpx.get(url).status_code == 403, 30, "the 2 s link to expire", poll=0.2)
 
 
 def test_presigned_urls_use_the_public_endpoint(s3_server: S3Server) -> None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
-import time
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
 import torch
 
+from tests import support
 from tests.services import Stack
 
 FAST_LEASES = {
@@ -37,15 +40,16 @@ def download(stack: Stack, path: str) -> bytes:
     return resp.content
 
 
-def wait_for(stack: Stack, job_id: str, predicate: object, timeout: float = 60.0) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    job: dict[str, object] = {}
-    while time.monotonic() < deadline:
-        job = stack.client.get(f"/jobs/{job_id}").json()
-        if predicate(job):  # type: ignore[operator]
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"condition not reached for job {job_id}: {job}")
+def wait_for(
+    stack: Stack, job_id: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60.0
+) -> dict[str, Any]:
+    """The job as the API shows it, once `predicate` holds for it."""
+
+    def matching() -> dict[str, Any] | None:
+        job: dict[str, Any] = stack.client.get(f"/jobs/{job_id}").json()
+        return job if predicate(job) else None
+
+    return support.wait_for(matching, timeout, f"job {job_id} to match the test's condition")
 
 
 def test_probe_runs_end_to_end(stack: Stack) -> None:
@@ -57,7 +61,8 @@ def test_probe_runs_end_to_end(stack: Stack) -> None:
     assert result["torch"] == torch.__version__
     assert result["device"] == "cpu"
     assert result["matmul_size"] == 128
-    assert result["gflops"] > 0.1
+    # The figure is the arithmetic of the timed matmul (2 n^3 flops), not a speed this test could promise.
+    assert result["gflops"] == pytest.approx(2 * 128**3 / result["matmul_seconds"] / 1e9, rel=1e-12)
     assert (job["attempt"], job["progress"]) == (1, 1.0)
     arts = stack.client.get(f"/jobs/{job_id}/artifacts").json()
     assert [a["name"] for a in arts] == ["probe.json"]
@@ -85,18 +90,18 @@ def test_failing_job_records_error_and_is_not_retried(stack: Stack) -> None:
 def test_cancel_running_job_keeps_its_checkpoint(stack: Stack) -> None:
     job_id = submit(stack, {"matmul_size": 64, "duration_seconds": 120})
     stack.start_worker(extra_env=FAST_LEASES)
-    wait_for(stack, job_id, lambda j: (j.get("checkpoint_step") or 0) >= 2)
+    at_cancel = wait_for(stack, job_id, lambda j: (j.get("checkpoint_step") or 0) >= 2)["checkpoint_step"]
     assert stack.client.post(f"/jobs/{job_id}/cancel").status_code == 200
-    t0 = time.monotonic()
-    job = stack.wait_job(job_id, timeout=15)
-    assert job["status"] == "cancelled"
-    assert time.monotonic() - t0 < 5
-    assert job["checkpoint_step"] >= 2
+    job = stack.wait_job(job_id, timeout=60)
+    assert (job["status"], job["result"]) == ("cancelled", None)  # stopped long before its 120 s
     with stack.session() as s:
         from jobs.models import Job
 
         key = s.get(Job, job_id).checkpoint_key
-    assert stack.store.exists(key)
+    # The checkpoint it keeps is the one its row names: the last second it ran, at or after the cancel.
+    step = int(torch.load(io.BytesIO(stack.store.get_bytes(key)), weights_only=False)["step"])
+    assert job["checkpoint_step"] == step
+    assert at_cancel <= step < 120, (at_cancel, step)
 
 
 @pytest.mark.fault

@@ -19,6 +19,7 @@ from jobs.params.probe import ProbeParams
 from jobs.states import JobStatus
 from jobs.store import InvalidKey
 from tests.api.factories import add_artifact, add_job, key_id, make_tar, make_zip, orl_files, tiny_weights, upload
+from tests.support import app_routes
 from workers.context import JobContext
 
 HOSTILE_NAMES = [
@@ -56,11 +57,17 @@ def test_artifact_urls_cannot_reach_another_jobs_files(stack: Any) -> None:
     owner = key_id(stack)
     mine, other = (add_job(stack, owner, status=JobStatus.SUCCEEDED) for _ in range(2))
     add_artifact(stack, other, "probe.json", b'{"secret": 1}', "application/json")
-    for name in (f"../{other}/probe.json", f"..%2F{other}%2Fprobe.json", f"%2E%2E/{other}/probe.json",
-                 f"jobs/{other}/probe.json", "probe.json"):  # fmt: skip
-        r = stack.client.get(f"/jobs/{mine}/artifacts/{name}", follow_redirects=False)
-        assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found"), (name, r.text)
-    assert stack.client.get(f"/jobs/{other}/artifacts/probe.json", follow_redirects=False).status_code in (200, 307)
+    # Every route that serves an artifact by name, from the app itself: the dashboard's link route is
+    # not in the OpenAPI schema, and a copy of it without checks once passed every schema-driven test.
+    by_name = sorted(p for _, p in app_routes(stack.app) if p.endswith("/{job_id}/artifacts/{name}"))
+    assert by_name == ["/jobs/{job_id}/artifacts/{name}", "/ui/links/jobs/{job_id}/artifacts/{name}"]
+    for route in by_name:
+        for name in (f"../{other}/probe.json", f"..%2F{other}%2Fprobe.json", f"%2E%2E/{other}/probe.json",
+                     f"jobs/{other}/probe.json", "probe.json"):  # fmt: skip
+            r = stack.client.get(route.format(job_id=mine, name=name), follow_redirects=False)
+            assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found"), (route, name, r.text)
+        r = stack.client.get(route.format(job_id=other, name="probe.json"), follow_redirects=False)
+        assert r.status_code in (200, 307), (route, r.text)  # the right job's name is served
 
 
 @pytest.mark.security

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -11,6 +10,7 @@ import pytest
 from jobs.states import JobStatus
 from tests.api.factories import add_artifact, add_job, client_for, key_id
 from tests.services import Stack
+from tests.support import wait_for
 
 
 @pytest.mark.security
@@ -30,7 +30,7 @@ def test_artifact_links_expire_and_cannot_be_pointed_at_another_object(services_
     # The signature covers the key: the same link re-aimed at another job's object is refused.
     assert httpx.get(url.replace(f"/jobs/{job_id}/", f"/jobs/{other_id}/")).status_code == 403
     assert httpx.get(url.split("?", 1)[0]).status_code == 403  # and the object is not public without it
-    time.sleep(2.5)
-    assert httpx.get(url).status_code == 403
+    # Refused once its 2 s are up: waited for (the server's clock decides), not slept through.
+    wait_for(lambda: httpx.get(url).status_code == 403, 30, "the 2 s link to expire", poll=0.2)
     fresh = client.get(f"/jobs/{job_id}/artifacts/probe.json", follow_redirects=False).headers["location"]
     assert httpx.get(fresh).content == b'{"mine": 1}'  # the owner just asks the API for a new link

@@ -1,0 +1,59 @@
+"""What every part of the suite may share: waiting on a condition, and every route an app serves.
+
+`wait_for` is the one way a test waits for something another process or thread does: it polls the
+condition until a deadline and fails saying what never happened (a bare `time.sleep` would guess how
+long the other side takes, and pass or fail with the machine's load). `app_routes` lists the routes
+from `app.routes` itself, not from the OpenAPI schema, so a route left out of the schema
+(`include_in_schema=False`) is still seen by the auth and isolation tests.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from fastapi.routing import iter_route_contexts
+from starlette.routing import Mount
+
+T = TypeVar("T")
+POLL_SECONDS = 0.05
+
+
+def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, poll: float = POLL_SECONDS) -> T:
+    """The first truthy value of `predicate()`, polled every `poll` seconds for up to `timeout` seconds.
+
+    Raises:
+        AssertionError: `predicate` never answered a truthy value in time; the message names `what`.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(poll)
+
+
+def _plain_path(path: str) -> str:
+    """`/jobs/{job_id}/artifacts/{name:path}` -> `/jobs/{job_id}/artifacts/{name}` (the schema's spelling)."""
+    return re.sub(r"\{(\w+):[^}]*\}", r"{\1}", path)
+
+
+def app_routes(app: Any) -> set[tuple[str, str]]:
+    """Every (method, path) `app` answers, in or out of its OpenAPI schema; a mount is ("MOUNT", prefix).
+
+    HEAD is left out: Starlette adds it beside every GET of a plain route, and it runs the GET's endpoint.
+    """
+    routes: set[tuple[str, str]] = set()
+    for route in iter_route_contexts(app.routes):
+        path = _plain_path(str(route.path))
+        if isinstance(route.original_route, Mount):
+            routes.add(("MOUNT", path))
+            continue
+        methods = route.methods
+        assert methods, f"route {path} answers no method: classify it by hand in tests/support.py"
+        routes |= {(m, path) for m in methods if m != "HEAD"}
+    return routes
