@@ -5,7 +5,8 @@
 Measured, in one run, on a PostgreSQL database created for the run and the machine's Redis (a key
 prefix of its own), with the workers' Celery settings (late acks, prefetch 1) on both sides:
 
-- `raw Celery`: `apply_async().get()` of a task that returns its argument, one at a time, through
+- `raw Celery`: `apply_async().get()` of a task that returns its argument, one at a time (each one
+  followed by one facejobs round trip, so the other load on the machine hits both alike), through
   one prefork worker process, with a Redis result backend (what `.get()` waits on);
 - `facejobs`: a `probe` job with `matmul_size=16, matmul_repeats=1` (the cheapest kind), one at a
   time: `POST /jobs` to `facejobs api`, then `GET /jobs/{id}` every `--poll-ms` until it reads
@@ -51,8 +52,9 @@ from bench.load import REDIS_URL, create_database, delete_redis_keys, drop_datab
 
 PARAMS = {"matmul_size": 16, "matmul_repeats": 1}
 RAW_TASK = "bench.echo"
-STAGES = (  # (label, from stamp, to stamp): the stamps are read back from the job's rows
-    ("API: row stored -> message sent", "created", "enqueued"),
+STAGES = (  # (label, from stamp, to stamp): the client's clock, then the stamps stored in the job's rows
+    ("client: POST sent -> row created", "post", "created"),
+    ("API: row created -> message sent", "created", "enqueued"),
     ("broker + Celery -> claimed", "enqueued", "started"),
     ("claimed -> 'running' event", "started", "running_event"),
     ("set-up, torch, matmul -> progress", "running_event", "progress_event"),
@@ -60,6 +62,7 @@ STAGES = (  # (label, from stamp, to stamp): the stamps are read back from the j
     ("log -> artifact stored", "log_event", "artifact"),
     ("artifact -> finished", "artifact", "finished"),
     ("finished -> 'succeeded' event", "finished", "succeeded_event"),
+    ("finished -> client reads succeeded", "finished", "seen"),
 )
 
 
@@ -86,16 +89,11 @@ def serve_raw_worker(prefix: str) -> None:
     raw_app(prefix).worker_main(argv)
 
 
-def raw_round_trips(prefix: str, n: int) -> list[float]:
-    app = raw_app(prefix)
-    for i in range(5):  # warm: the worker is up, connections and the result subscription open
-        app.send_task(RAW_TASK, args=[i], queue="raw").get(timeout=120)
-    out = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        assert app.send_task(RAW_TASK, args=[i], queue="raw").get(timeout=60) == i
-        out.append(time.perf_counter() - t0)
-    return out
+def raw_round_trip(app: Any, i: int) -> float:
+    t0 = time.perf_counter()
+    if app.send_task(RAW_TASK, args=[i], queue="raw").get(timeout=120) != i:
+        raise SystemExit(f"the raw worker answered something other than {i}")
+    return time.perf_counter() - t0
 
 
 # ---- facejobs -----------------------------------------------------------------------------------
@@ -122,46 +120,52 @@ def submit(http: httpx.Client) -> str:
     return str(resp.json()["id"])
 
 
-def round_trip(http: httpx.Client, poll: float, timeout: float = 120) -> tuple[str, float]:
-    """Submit one job and poll it to `succeeded`: (job id, seconds)."""
-    t0 = time.perf_counter()
+def round_trip(http: httpx.Client, poll: float, timeout: float = 120) -> tuple[str, float, dict[str, float]]:
+    """Submit one job and poll it to `succeeded`: (job id, seconds, the client's wall-clock stamps)."""
+    post, t0 = time.time(), time.perf_counter()
     job_id = submit(http)
     deadline = time.monotonic() + timeout
     while True:
         status = http.get(f"/jobs/{job_id}").json()["status"]
         if status == "succeeded":
-            return job_id, time.perf_counter() - t0
+            return job_id, time.perf_counter() - t0, {"post": post, "seen": time.time()}
         if status in ("failed", "cancelled") or time.monotonic() > deadline:
             raise SystemExit(f"job {job_id} ended {status} (see the worker log)")
         time.sleep(poll)
 
 
-def stamps(db_url: str, ids: list[str]) -> dict[str, dict[str, float]]:
-    """Each job's stored timestamps (seconds), for the stage breakdown."""
+def stamps(db_url: str, client: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Each job's stamps (seconds since the epoch): the client's, and those stored (naive UTC) in its rows."""
+    from datetime import UTC, datetime
+
     from sqlalchemy import select
 
     from jobs.db import session_scope
     from jobs.models import Artifact, Job, JobEvent
 
+    def ts(d: datetime) -> float:
+        return d.replace(tzinfo=UTC).timestamp()
+
+    ids = list(client)
     out: dict[str, dict[str, float]] = {}
     with session_scope(db_url) as s:
         for job in s.scalars(select(Job).where(Job.id.in_(ids))):
-            out[job.id] = {"created": job.created_at.timestamp(), "enqueued": job.enqueued_at.timestamp(),
-                           "started": job.started_at.timestamp(), "finished": job.finished_at.timestamp()}  # fmt: skip
+            out[job.id] = {**client[job.id], "created": ts(job.created_at), "enqueued": ts(job.enqueued_at),
+                           "started": ts(job.started_at), "finished": ts(job.finished_at)}  # fmt: skip
         for ev in s.scalars(select(JobEvent).where(JobEvent.job_id.in_(ids), JobEvent.attempt > 0)):
             name = {"progress": "progress_event", "log": "log_event"}.get(ev.type)
             if ev.type == "status":
                 name = "running_event" if ev.message.startswith("running") else "succeeded_event"
             if name:
-                out[ev.job_id][name] = ev.created_at.timestamp()
+                out[ev.job_id][name] = ts(ev.created_at)
         for art in s.scalars(select(Artifact).where(Artifact.job_id.in_(ids))):
-            out[art.job_id]["artifact"] = art.created_at.timestamp()
+            out[art.job_id]["artifact"] = ts(art.created_at)
     return out
 
 
-def breakdown(db_url: str, ids: list[str]) -> dict[str, float]:
-    """Median milliseconds of each stage over the jobs `ids`."""
-    rows = stamps(db_url, ids)
+def breakdown(db_url: str, client: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Median milliseconds of each stage over the jobs in `client` (job id -> the client's stamps)."""
+    rows = stamps(db_url, client)
     return {label: pct([r[b] - r[a] for r in rows.values()], 50) for label, a, b in STAGES}
 
 
@@ -298,9 +302,7 @@ def main() -> int:
         raw_log = (home / "raw.log").open("wb")
         raw = subprocess.Popen(raw_cmd, cwd=REPO, env=env, stdout=raw_log, stderr=subprocess.STDOUT)
         procs.append(raw)
-        results["raw_celery"] = latency(raw_round_trips(prefix + "raw:", n_rt))
-        stop(raw)
-
+        app = raw_app(prefix + "raw:")
         results["scaling"] = {}
         with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=120) as http:
             for count in process_counts:
@@ -309,9 +311,17 @@ def main() -> int:
                 # Warm: jobs from 4 clients at once reach every process, which imports torch and opens its pools.
                 scaling(url, key, db_url, 2 * count, 4)
                 if count == 1:
-                    rts = [round_trip(http, args.poll_ms / 1000) for _ in range(n_rt)]
-                    results["facejobs"] = latency([t for _, t in rts])
-                    results["stages_ms"] = breakdown(db_url, [i for i, _ in rts])
+                    for i in range(5):  # warm the raw side: worker up, connections and result subscription open
+                        raw_round_trip(app, i)
+                    # Interleaved, one raw then one facejobs: the other load on the machine hits both alike.
+                    raws, rts = [], []
+                    for i in range(n_rt):
+                        raws.append(raw_round_trip(app, i))
+                        rts.append(round_trip(http, args.poll_ms / 1000))
+                    stop(raw)  # not needed any more
+                    results["raw_celery"] = latency(raws)
+                    results["facejobs"] = latency([t for _, t, _ in rts])
+                    results["stages_ms"] = breakdown(db_url, {i: c for i, _, c in rts})
                     results["overhead_ratio_p50"] = results["facejobs"]["p50_ms"] / results["raw_celery"]["p50_ms"]
                 x = scaling(url, key, db_url, n_scale, 4)
                 x["jobs_per_s_per_process"] = x["jobs_per_s"] / count
