@@ -224,7 +224,8 @@ def _fail(db: str, job_id: str, attempt: int, owner: str, exc: BaseException) ->
         tail = "".join(traceback.format_exception(exc))[-TRACEBACK_TAIL:]
         message = f"{type(exc).__name__}: {exc}\n\n{tail}"
     with session_scope(db) as s:
+        # The status and its error event in one commit: a reader that sees `failed` also sees why.
         finish(s, job_id, attempt, owner, JobStatus.FAILED, error=message)
-    _event(db, job_id, attempt, "error", message[:TRACEBACK_TAIL])
+        s.add(JobEvent(job_id=job_id, attempt=attempt, type="error", message=message[:TRACEBACK_TAIL]))
     log.warning("job %s failed: %s", job_id, str(exc)[:500])
     return Outcome("failed", message)
