@@ -113,7 +113,7 @@ class JobContext:
             pending, self._pending = self._pending, None
         values = pending or {}
         try:
-            with session_scope(self._db) as s:
+            with session_scope(self._db, durable=False) as s:
                 ours, cancel = renew_lease(
                     s, self.job_id, self.attempt, self.worker_id, self.settings.lease_seconds, **values
                 )
@@ -143,7 +143,7 @@ class JobContext:
         with self._lock:
             self._pending = None
         try:
-            with session_scope(self._db) as s:
+            with session_scope(self._db, durable=False) as s:
                 ok = fenced_update(s, self.job_id, self.attempt, self.worker_id, **values)
                 if ok:
                     s.add(
@@ -166,7 +166,7 @@ class JobContext:
 
     def event(self, type_: str, message: str, data: dict[str, Any] | None = None) -> None:
         try:
-            with session_scope(self._db) as s:
+            with session_scope(self._db, durable=False) as s:
                 s.add(JobEvent(job_id=self.job_id, attempt=self.attempt, type=type_, message=message, data=data))
         except Exception:
             log.exception("event write of job %s failed (the job goes on)", self.job_id)

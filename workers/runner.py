@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from jobs.broker import enqueue
 from jobs.db import session_scope
@@ -53,7 +54,7 @@ class Heartbeat(threading.Thread):
         while not self.stopped.wait(self.interval):
             self.ctx.heartbeat()
             try:
-                with session_scope(self.ctx.settings.resolved_database_url) as s:
+                with session_scope(self.ctx.settings.resolved_database_url, durable=False) as s:
                     w = s.get(Worker, self.node)
                     if w is not None:
                         w.last_heartbeat = utcnow()
@@ -81,7 +82,7 @@ def worker_identity(node: str | None = None) -> tuple[str, str]:
 
 def _event(db: str, job_id: str, attempt: int, type_: str, message: str) -> None:
     try:
-        with session_scope(db) as s:
+        with session_scope(db, durable=False) as s:
             s.add(JobEvent(job_id=job_id, attempt=attempt, type=type_, message=message))
     except Exception:
         log.exception("could not record %s event for job %s", type_, job_id)
@@ -101,10 +102,14 @@ def execute(
     with session_scope(db) as s:
         attempt = claim(s, job_id, owner, settings.lease_seconds)
         job = s.get(Job, job_id) if attempt else None
+        if attempt is not None and job is not None:
+            # The claim, its event and the worker's current job in one commit (each was a commit of its own).
+            running = f"running on {owner} (attempt {attempt})"
+            s.add(JobEvent(job_id=job_id, attempt=attempt, type="status", message=running))
+            _mark_current(s, node, job_id)
     if attempt is None or job is None:
         log.info("job %s is not queued (or is cancelled): message dropped", job_id)
         return Outcome("dropped")
-    _event(db, job_id, attempt, "status", f"running on {owner} (attempt {attempt})")
 
     spec = get_kind(job.kind)
     workdir = settings.home.resolve() / "work" / f"{job_id}-{attempt}"
@@ -112,11 +117,11 @@ def execute(
     try:
         params = validate_params(job.kind, job.params)
     except Exception as exc:
+        _set_current(db, node, None)
         return _fail(db, job_id, attempt, owner, exc)
     ctx = JobContext(job, attempt, owner, params, settings, get_store(settings), device, workdir, drain_event)
     # The lease is renewed from here on: importing torch and loading models can take a while.
     beat = Heartbeat(ctx, node, settings.heartbeat_seconds)
-    _set_current(db, node, job_id)
     beat.start()
     try:
         if ctx.device is None:
@@ -143,6 +148,8 @@ def execute(
                 s, job_id, attempt, owner, JobStatus.SUCCEEDED, result=result or {},
                 progress_step=Job.progress_total,
             )  # fmt: skip
+            if ok:  # the result and its event in one commit
+                s.add(JobEvent(job_id=job_id, attempt=attempt, type="status", message="succeeded"))
     except OperationalError:
         raise  # the database is away: the lease runs out and the reaper gives the job another attempt
     except SQLAlchemyError as exc:
@@ -150,14 +157,17 @@ def execute(
         return _fail(db, job_id, attempt, owner, exc)
     if not ok:
         return Outcome("lost", "lease lost before the result was recorded")
-    _event(db, job_id, attempt, "status", "succeeded")
     return Outcome("succeeded")
+
+
+def _mark_current(s: Session, node: str, job_id: str | None) -> None:
+    s.execute(update(Worker).where(Worker.id == node).values(current_job_id=job_id, last_heartbeat=utcnow()))
 
 
 def _set_current(db: str, node: str, job_id: str | None) -> None:
     try:
-        with session_scope(db) as s:
-            s.execute(update(Worker).where(Worker.id == node).values(current_job_id=job_id, last_heartbeat=utcnow()))
+        with session_scope(db, durable=False) as s:
+            _mark_current(s, node, job_id)
     except Exception:
         log.exception("could not update worker %s", node)
 
@@ -221,7 +231,8 @@ def _fail(db: str, job_id: str, attempt: int, owner: str, exc: BaseException) ->
         message = f"{type(exc).__name__}: {detail}\n\n(error {error_id}: the worker's log has the traceback)"
     message = scrub_paths(message)  # input errors too may name the worker's cache or work folders
     with session_scope(db) as s:
+        # The status and its error event in one commit: a reader that sees `failed` also sees why.
         finish(s, job_id, attempt, owner, JobStatus.FAILED, error=message)
-    _event(db, job_id, attempt, "error", message[:TRACEBACK_TAIL])
+        s.add(JobEvent(job_id=job_id, attempt=attempt, type="error", message=message[:TRACEBACK_TAIL]))
     log.warning("job %s failed: %s", job_id, str(exc)[:500])
     return Outcome("failed", message)
