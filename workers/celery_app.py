@@ -1,8 +1,7 @@
 """The workers' Celery app: the shared configuration plus tasks and process hooks.
 
-Heavy things (CUDA, database pools) are created after the prefork pool forks, in `worker_process_init`;
-the main process only imports torch (so a recycled child need not), keeps the worker row, the reaper and
-the drain flag.
+Heavy things (torch, CUDA, database pools) are created after the prefork pool forks, in
+`worker_process_init`; the main process only keeps the worker row, the reaper and the drain flag.
 """
 
 from __future__ import annotations
@@ -45,14 +44,6 @@ def _after_fork(**_: Any) -> None:
     # Pools and clients inherited from the parent must not be shared across the fork.
     dispose_engines()
     reset_stores()
-
-
-@signals.worker_init.connect
-def _preload_torch(**_: Any) -> None:
-    # Pool children are forked from this process and replaced every `max_tasks_per_child` tasks: torch
-    # imported here once (seconds) is inherited by each new child instead of imported again by its first
-    # job. Importing torch does not initialise CUDA; the device is still chosen in the child, after the fork.
-    import torch  # noqa: F401
 
 
 @signals.worker_ready.connect
