@@ -15,6 +15,7 @@ from jobs.models import Job, Model, new_id
 from jobs.states import JobStatus, utcnow
 from tests.api.factories import add_artifact, add_job, bomb_png, key_id, make_zip, upload
 from tests.ml.test_embed import orl_model_folder
+from tests.ml.threads import one_torch_thread
 from tests.services import Stack
 
 MODEL_FILES = {
@@ -66,7 +67,8 @@ class LocalVerifier:
     def embedding(self, data: bytes) -> Any:
         from ml.embed import embed_image
 
-        out = embed_image(data, self.model, self.settings, "cpu", self.detector)
+        with one_torch_thread():  # as the worker runs (FACEJOBS_TORCH_THREADS=1)
+            out = embed_image(data, self.model, self.settings, "cpu", self.detector)
         assert isinstance(out, tuple), out
         return out[0].astype("float64")
 

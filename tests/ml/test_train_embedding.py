@@ -104,6 +104,7 @@ def test_save_and_load_trained_rebuilds_the_model(mnist_arcface: TrainedEmbeddin
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
 def test_orl_model_verifies_people_it_never_saw(orl_dir: Path, artifacts_dir: Path) -> None:
     orl = load_image_folder(orl_dir, image_size=(56, 48))
     config = TrainConfig(
@@ -130,6 +131,7 @@ def test_orl_model_verifies_people_it_never_saw(orl_dir: Path, artifacts_dir: Pa
     assert m["auc"] >= 0.95
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_resumed_run_ends_with_the_metrics_of_an_uninterrupted_one() -> None:
     digits = load_digits(16)
     full = train_embedding(digits, DIGITS_CONFIG, LocalCallbacks())
