@@ -1,4 +1,4 @@
-"""`make demo`: start the embedded stack and run a real pipeline on `builtin:digits`.
+"""`make demo`: start the embedded stack and run a real pipeline on sklearn's digits, built in and uploaded.
 
 probe -> train_embedding (ArcFace on sklearn's digits) -> evaluate -> invert (a short run) ->
 embed (the digits, through the trained model) -> an uploaded dataset: the digits written as PNGs in
