@@ -210,6 +210,16 @@ def build_stack(name: str, env: dict[str, str], home: Path, monkeypatch: pytest.
     return stack
 
 
+def dotted_home(tmp_path: Path) -> Path:
+    """A new FACEJOBS_HOME under a dotted folder, as real homes are (`~/.cache/...`, a checkout's `.facejobs/`).
+
+    Workers cache datasets and models below the home: a dot above a dataset once hid all its images.
+    """
+    home = tmp_path / ".cache" / "facejobs"
+    home.mkdir(parents=True)
+    return home
+
+
 @pytest.fixture(params=["services", "embedded"])
 def stack(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     """facejobs on the real services, then on the embedded default (each test runs on both)."""
@@ -231,8 +241,7 @@ def embedded_stack(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: 
 def _stack(
     name: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Stack]:
-    home = tmp_path / "home"
-    home.mkdir()
+    home = dotted_home(tmp_path)
     if name == "services":
         env = _services_env(
             request.getfixturevalue("pg_url"), request.getfixturevalue("redis_prefix"),

@@ -37,11 +37,22 @@ def _is_image(path: Path) -> bool:
 
 
 def _hidden(path: Path) -> bool:
-    return path.name.startswith(".") or path.name == "__MACOSX"
+    return _hidden_part(path.name)
+
+
+def _hidden_part(part: str) -> bool:
+    return part.startswith(".") or part == "__MACOSX"
 
 
 def _images_under(folder: Path) -> list[Path]:
-    found = [p for p in folder.rglob("*") if _is_image(p) and not any(_hidden(q) for q in p.parents)]
+    """Images at any depth below `folder`, skipping hidden files and folders below it.
+
+    Only the parts below `folder` count: the dataset's own location (a cache under `~/.cache` or a
+    checkout's `.facejobs/`) often has a dotted folder above it, and that hides nothing.
+    """
+    found = [
+        p for p in folder.rglob("*") if _is_image(p) and not any(_hidden_part(q) for q in p.relative_to(folder).parts)
+    ]
     return sorted(found, key=lambda p: natural_key(str(p.relative_to(folder))))
 
 

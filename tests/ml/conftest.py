@@ -15,14 +15,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from ml.callbacks import LocalCallbacks
 from ml.data import ImageDataset, load_mnist
 from ml.train_embedding import TrainConfig, TrainedEmbedding, train_embedding
+from tests.ml.threads import one_torch_thread
 
 MNIST_ARCFACE_CONFIG = TrainConfig(
     backbone="se_resnet18",
@@ -56,12 +57,16 @@ def mnist_arcface(mnist32: ImageDataset) -> TrainedEmbedding:
     """se_resnet18 trained with ArcFace on 75% of MNIST (by sample), evaluated on the other 25%."""
     # One thread: the recipe's numbers were measured so (float sums, hence the last digits of the
     # metrics, depend on the thread count), and two threads on a shared 2-core box ran 18x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     started = time.monotonic()
-    try:
+    with one_torch_thread():
         result = train_embedding(mnist32, MNIST_ARCFACE_CONFIG, LocalCallbacks())
-    finally:
-        torch.set_num_threads(threads)
     result.config["fixture_seconds"] = time.monotonic() - started
     return result
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """The test runs with one torch thread (`tests.ml.threads`): its training gives the same numbers
+    whatever OMP_NUM_THREADS or torch's default thread count is."""
+    with one_torch_thread():
+        yield

@@ -135,6 +135,31 @@ def test_folder_layouts(tmp_path: Path) -> None:
         load_image_folder(unnamed)
 
 
+def test_a_dataset_under_a_dotted_folder_lists_its_images_and_hides_only_what_is_below_its_root(
+    tmp_path: Path,
+) -> None:
+    # Where a worker caches an uploaded dataset in the default `make up` home (`.facejobs/` in the checkout).
+    root = tmp_path / ".facejobs" / "cache" / "datasets" / "abc123"
+    for who in ("s1", "s2"):
+        for i in (1, 2, 3):
+            _img(root / who / f"{i}.png", value=20 * i)
+    _img(root / "s2" / "deeper" / "4.png")  # any depth inside an identity still counts
+    _img(root / "s1" / ".thumbs" / "x.png")  # a dotted folder below the root stays hidden
+    _img(root / "s1" / ".x.png")  # and so does a dotted file
+    _img(root / "__MACOSX" / "s1" / "._1.png")  # macOS resource forks of a zip
+    _img(root / "s2" / "__MACOSX" / "9.png")
+    _img(root / ".trash" / "7.png")  # a dotted identity folder is no identity
+    ds = load_image_folder(root)
+    assert ds.class_names == ["s1", "s2"] and torch.bincount(ds.labels).tolist() == [3, 4]
+    assert ds.images.shape == (7, 1, 6, 8)
+
+    flat = tmp_path / ".cache" / "flat"  # the flat layout under a dotted folder too
+    for name in ("ann_1.png", "ann_2.png", "bo_1.png", ".bo_2.png"):
+        _img(flat / name)
+    ds = load_image_folder(flat)
+    assert ds.class_names == ["ann", "bo"] and ds.labels.tolist() == [0, 0, 1]
+
+
 def test_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "empty" / "a").mkdir(parents=True)
     (tmp_path / "empty" / "a" / "notes.txt").write_text("no images")

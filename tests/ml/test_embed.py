@@ -30,6 +30,7 @@ from ml.embed_models import FaceModel, load_trained_model
 from ml.embedding_model import Normalization, save_trained
 from ml.train_embedding import TrainConfig, TrainedEmbedding, train_embedding
 from ml.verify import auc, roc_curve
+from tests.ml.threads import one_torch_thread
 
 # ORL faces are ~70 px wide in 92x112 frames: a 40 px minimum finds all of them with fewer pyramid levels.
 ORL_DETECTOR = DetectorSettings(min_face_size=40, batch_size=50)
@@ -208,10 +209,15 @@ def test_a_checkpoint_of_other_settings_is_refused(orl_dir: Path, tmp_path: Path
 
 
 def detect_orl(orl_dir: Path) -> tuple[list[tuple[str, Path]], EmbedResult]:
-    """Pass 1 over the 300 ORL images with every face kept: the landmarks to train on."""
+    """Pass 1 over the 300 ORL images with every face kept: the landmarks to train on.
+
+    One torch thread: MTCNN's landmarks move in their last bits with the thread count, and the
+    model trained on these crops would differ with them.
+    """
     files = list_files(orl_dir)
     settings = EmbedSettings(detector=DetectorSettings(min_face_size=40, batch_size=50, faces="all"), flip_tta=False)
-    return files, embed_dataset(files, tiny_model(), settings)
+    with one_torch_thread():
+        return files, embed_dataset(files, tiny_model(), settings)
 
 
 def train_orl_model(orl_dir: Path, detected: EmbedResult, folder: Path) -> TrainedEmbedding:
@@ -248,12 +254,8 @@ def train_orl_model(orl_dir: Path, detected: EmbedResult, folder: Path) -> Train
         test_fraction=1 / 3,
         seed=0,
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         trained = train_embedding(data, config, LocalCallbacks())
-    finally:
-        torch.set_num_threads(threads)
     save_trained(folder, trained.backbone, trained.arcface_weight, trained.config, trained.class_names)
     (folder / "metrics.json").write_text(json.dumps(trained.metrics))
     return trained

@@ -24,6 +24,7 @@ from ml.callbacks import LocalCallbacks
 from ml.data import ImageDataset
 from ml.invert import InversionConfig, InversionError, grid_png, invert
 from ml.train_embedding import save_trained
+from tests.ml.threads import one_torch_thread
 from workers.runners import Preempted
 from workers.runners.invert import run_invert
 
@@ -60,12 +61,13 @@ def reference_classifier(mnist32: ImageDataset, mnist_arcface: Any) -> tuple[nn.
     train, test = mnist_arcface.train_indices, mnist_arcface.test_indices
     x, y = (mnist32.images[train] - 0.5) / 0.5, mnist32.labels[train]
     gen = torch.Generator().manual_seed(0)
-    for _ in range(5):
-        for idx in torch.randperm(len(x), generator=gen).split(64):
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    with one_torch_thread():  # the same judge whatever the thread count
+        for _ in range(5):
+            for idx in torch.randperm(len(x), generator=gen).split(64):
+                loss = F.cross_entropy(model(x[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
     model.eval()
     with torch.no_grad():
         pred = model((mnist32.images[test] - 0.5) / 0.5).argmax(1)
@@ -88,6 +90,7 @@ def _invert(trained: Any, callbacks: LocalCallbacks | None = None, **overrides: 
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
 def test_inverted_digits_are_recognised_by_the_model_and_by_an_independent_lenet(
     mnist_arcface: Any, reference_classifier: tuple[nn.Module, float], artifacts_dir: Path
 ) -> None:
