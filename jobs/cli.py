@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from jobs.embedded import Stopping, start_embedded, stop_children_on_signals
-from jobs.embedded import _stop as _stop  # jobs.demo imports it from here
 from jobs.redact import redact_url
 from jobs.settings import get_settings
 

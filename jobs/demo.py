@@ -19,7 +19,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from jobs.cli import _stop, follow, start_embedded
+from jobs.cli import follow
+from jobs.embedded import Stopping, start_embedded, stop_children_on_signals
 from jobs.kinds import registry
 from jobs.settings import get_settings
 
@@ -138,43 +139,50 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = get_settings()
     port = args.port or settings.api_port
-    procs, key = start_embedded(settings, port)
     url = f"http://{settings.api_host}:{port}"
-    print(f"dashboard: {url}/   API key: {key}")
-    client = Client(url, key)
+    procs: list[Any] = []
     ids: dict[str, str] = {}
     failed = False
+    # SIGTERM/SIGHUP/Ctrl-C stop the API and worker too, as `facejobs up` does (no orphans on the port).
     try:
-        for kind, params in pipeline():
-            if kind not in registry():
-                print(f"- {kind}: not available in this build, skipped")
-                continue
-            needs = placeholders(params)
-            if "upload" in needs and "upload" not in ids:
-                ids["upload"] = _upload_digits(client)
-            if needs - set(ids):
-                continue  # the step it builds on was skipped
-            job = client.submit(kind, _fill(params, ids))
-            print(f"- {kind}: job {job['id']}")
-            job = follow(client, job["id"])
-            print(f"  {job['status']}: {_summary(job)}")
-            if job["status"] != "succeeded":
-                failed = True
-                print(job.get("error") or "", file=sys.stderr)
-                break
-            save_as = SAVE_AS.get((kind, str(params.get("dataset"))))
-            if save_as:
-                ids[save_as] = job["id"]
-        print(f"\nAll results are on the dashboard: {url}/  (API key {key})")
-        if not args.exit_when_done:
-            print("Ctrl-C stops the stack.")
-            while all(p.poll() is None for p in procs):
-                time.sleep(1)
-    except KeyboardInterrupt:
+        with stop_children_on_signals(procs):
+            _, key = start_embedded(settings, port, procs=procs)
+            print(f"dashboard: {url}/   API key: {key}")
+            failed = _run_pipeline(Client(url, key), ids)
+            print(f"\nAll results are on the dashboard: {url}/  (API key {key})")
+            if not args.exit_when_done:
+                print("Ctrl-C stops the stack.")
+                while all(p.poll() is None for p in procs):
+                    time.sleep(1)
+    except (KeyboardInterrupt, Stopping):
         pass
-    finally:
-        _stop(procs)
     return 1 if failed else 0
+
+
+def _run_pipeline(client: Any, ids: dict[str, str]) -> bool:
+    """Submit and follow every demo step in order; True when one did not succeed."""
+    failed = False
+    for kind, params in pipeline():
+        if kind not in registry():
+            print(f"- {kind}: not available in this build, skipped")
+            continue
+        needs = placeholders(params)
+        if "upload" in needs and "upload" not in ids:
+            ids["upload"] = _upload_digits(client)
+        if needs - set(ids):
+            continue  # the step it builds on was skipped
+        job = client.submit(kind, _fill(params, ids))
+        print(f"- {kind}: job {job['id']}")
+        job = follow(client, job["id"])
+        print(f"  {job['status']}: {_summary(job)}")
+        if job["status"] != "succeeded":
+            failed = True
+            print(job.get("error") or "", file=sys.stderr)
+            break
+        save_as = SAVE_AS.get((kind, str(params.get("dataset"))))
+        if save_as:
+            ids[save_as] = job["id"]
+    return failed
 
 
 def _summary(job: dict[str, Any]) -> str:

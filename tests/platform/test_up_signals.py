@@ -98,18 +98,22 @@ def test_up_stops_every_child_on_a_terminating_signal(signum: int, tmp_path: Pat
         "FACEJOBS_API_PORT": str(port),
         "FACEJOBS_TORCH_THREADS": "1",
     }
+    console = tmp_path / "up.out"
     up = subprocess.Popen(
         [sys.executable, "-m", "jobs.cli", "up"], cwd=REPO, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        stdout=console.open("w"), stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     children: set[int] = set()
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", timeout=120)
+        # Started means it said so: a signal during start-up stops it too, but before it printed its banner.
+        wait_until(lambda: "stops everything." in console.read_text(), "`up` did not finish starting")
         assert len(children_of(up.pid)) == 2  # the API and the worker
         children = descendants(up.pid)  # with the worker's prefork pool child
         assert not port_free(port)
         os.kill(up.pid, signum)  # only `up`: not its process group, as `kill PID` does
-        out, _ = up.communicate(timeout=120)
+        up.wait(timeout=120)
+        out = console.read_text()
     finally:
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)
@@ -127,3 +131,39 @@ def test_up_stops_every_child_on_a_terminating_signal(signum: int, tmp_path: Pat
     assert PASSWORD not in out
     for log in (home / "logs").glob("*.log"):
         assert PASSWORD not in log.read_text(errors="replace"), log
+
+
+def test_demo_stops_every_child_on_sigterm(tmp_path: Path) -> None:
+    """`make demo` starts the same stack: SIGTERM while its pipeline runs leaves no orphan either."""
+    (port,) = free_ports(1)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "FACEJOBS_HOME": str(tmp_path / ".cache" / "facejobs"),
+        "FACEJOBS_DATABASE_URL": "",
+        "FACEJOBS_STORE_BACKEND": "local",
+        "FACEJOBS_BROKER_URL": "redis://127.0.0.1:1/0",  # unreachable: the embedded broker
+        "FACEJOBS_API_PORT": str(port),
+        "FACEJOBS_TORCH_THREADS": "1",
+    }
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "jobs.demo", "--exit-when-done"], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    children: set[int] = set()
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=120)
+        assert len(children_of(demo.pid)) == 2  # the API and the worker
+        children = descendants(demo.pid)
+        os.kill(demo.pid, signal.SIGTERM)
+        out, _ = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait(10)
+        for pid in children:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not any(alive(p) for p in children), f"children {sorted(children)} did not end")
+    wait_until(lambda: port_free(port), f"port {port} was not freed")
+    assert demo.returncode == 0, out
