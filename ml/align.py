@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ml import warp as warp_module
+from ml.device_state import to_device
 
 # insightface's arcface_dst: where the 5 points land in a 112x112 ArcFace crop.
 ARCFACE_TEMPLATE = (
@@ -164,22 +165,32 @@ def align_faces(
     k = landmarks.shape[0]
     if k == 0:
         return image.new_zeros(0, image.shape[0], size, size)
-    lm = landmarks.to(device=image.device, dtype=torch.float64)
-    scale, rot, t = umeyama(lm, template(size).to(image.device))
-    if not bool(torch.isfinite(lm).all()) or not bool((scale > 0).all()):
+    # The similarities are 5-point fits: solved on the host in float64 (one read of the landmarks if
+    # they are on the device, none when they come from the detector as arrays), so neither the
+    # degenerate check nor the choice of pooling waits on the device; only the (K, 3, 2) source
+    # matrices travel, once per pooling factor, without blocking.
+    lm = landmarks.detach().to(device="cpu", dtype=torch.float64)
+    if not bool(torch.isfinite(lm).all()):
+        raise AlignError("degenerate landmarks: not finite, or all five points at one place")
+    scale, rot, t = umeyama(lm, template(size))
+    if not bool((scale > 0).all()):
         raise AlignError("degenerate landmarks: not finite, or all five points at one place")
     coords, empty = crop_coordinates(size, warp, keep_aspect_ratio, image.device, image.dtype)
     out = image.new_empty(k, image.shape[0], size, size)
-    pools = [max(1, math.floor(1.0 / float(s))) if antialias and float(s) < 0.5 else 1 for s in scale]
+    pools = [max(1, math.floor(1.0 / s)) if antialias and s < 0.5 else 1 for s in scale.tolist()]
     for pool in sorted(set(pools)):
         idx = [i for i, p in enumerate(pools) if p == pool]
         src = image if pool == 1 else F.avg_pool2d(image.unsqueeze(0), pool, pool, ceil_mode=True)[0]
         mats = source_affine(scale[idx], rot[idx], t[idx], (int(src.shape[-2]), int(src.shape[-1])), pool)
-        grid = coords @ mats.to(image.dtype)  # (len(idx), size * size, 2)
+        grid = coords @ to_device(mats.to(image.dtype), image.device)  # (len(idx), size * size, 2)
         if empty is not None:  # nothing to read there: far outside, so zeros padding gives 0
             grid = grid.masked_fill(empty.reshape(1, -1, 1), 4.0)
         # All faces of the image in one call: their grids stacked as rows of one tall grid.
         tall = grid.reshape(1, len(idx) * size, size, 2)
         crops = F.grid_sample(src.unsqueeze(0), tall, mode="bilinear", padding_mode="zeros", align_corners=True)
-        out[idx] = crops.view(image.shape[0], len(idx), size, size).transpose(0, 1)
+        crops = crops.view(image.shape[0], len(idx), size, size).transpose(0, 1)
+        if len(idx) == k:
+            out.copy_(crops)
+        else:
+            out[to_device(torch.tensor(idx), image.device)] = crops
     return out

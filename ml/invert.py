@@ -10,6 +10,9 @@ one batch holding every target class so that
 with the batch rolled by a random offset (and optionally mirrored) before each forward pass and the
 pixels clamped to the valid range after each step. The loop checkpoints (images, optimiser state,
 RNG states, step) so a killed run resumes to exactly the images an uninterrupted run would make.
+Checkpoints are written in one canonical form (CPU, contiguous) and fitted on load to the device
+and memory layout of the attempt that resumes them (`ml.device_state`), so a job may resume on
+another kind of worker: see README's "Exactness" for what is exact where.
 
 Flips: on by default (faces are roughly symmetric, as ML.md asks), but a mirrored digit is another
 glyph, so switch them off for MNIST-like models (`flip=False`).
@@ -33,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.callbacks import Callbacks
+from ml.device_state import fit_optimizer_state, fused_adam_supported, portable
 from ml.invert_config import InversionConfig, InversionError, InversionResult
 from ml.invert_losses import (
     BNStatistics,
@@ -157,7 +161,10 @@ def invert(
     x = torch.randn(n, channels, height, width, generator=generator).to(device)
     x = x.clamp(min=lo, max=hi).contiguous(memory_format=memory_format).requires_grad_(True)
     optimizer = torch.optim.Adam(
-        [x], lr=config.lr, betas=(float(config.adam_betas[0]), float(config.adam_betas[1])), fused=True
+        [x],
+        lr=config.lr,
+        betas=(float(config.adam_betas[0]), float(config.adam_betas[1])),
+        fused=fused_adam_supported(device),
     )
     step, elapsed = 0, 0.0
 
@@ -168,9 +175,12 @@ def invert(
             raise InversionError("the checkpoint belongs to a different inversion (kind or image shape differ)")
         if state.get("classes") != classes or state.get("seed") != config.seed:
             raise InversionError("the checkpoint was made for other classes or another seed")
+        # The checkpoint may come from another device or memory layout (a requeued job lands on any
+        # worker): copy_ matches pixels by index, and the moments get the images' layout and device.
         with torch.no_grad():
             x.copy_(state["images"].to(device))
         optimizer.load_state_dict(state["optimizer"])
+        fit_optimizer_state(optimizer)
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and state.get("cuda_rng") is not None:
@@ -189,8 +199,9 @@ def invert(
             {
                 "kind": "invert",
                 "step": step,
-                "images": x.detach().cpu().clone(),
-                "optimizer": optimizer.state_dict(),
+                # Canonical form (CPU, contiguous), whatever device and layout this attempt used.
+                "images": portable(x),
+                "optimizer": portable(optimizer.state_dict()),
                 "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,

@@ -11,13 +11,19 @@
 
 Resume is exact: the data order, augmentation and dropout of epoch e are drawn from generators
 seeded by (seed, e) alone, so an interrupted and resumed run ends with the same weights and
-metrics as an uninterrupted one (bit-for-bit on CPU).
+metrics as an uninterrupted one (bit-for-bit on CPU). Checkpoints are saved on the CPU in
+contiguous form and fitted to the resuming attempt's device on load (`ml.device_state`).
+
+The step loop does not wait on the device: the epoch's shuffle order and augmentation draws are
+copied to it once, each step's loss and hit count stay there, and the host reads them every
+`progress_every` steps (and at the epoch's end), when it reports them and checks them for NaN.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import time
 from typing import Any
@@ -30,6 +36,7 @@ from torch import nn
 from ml.backbones import BackboneError, create_backbone
 from ml.callbacks import Callbacks, LocalCallbacks
 from ml.data import ImageDataset, check_trainable, make_split
+from ml.device_state import fit_optimizer_state, portable, to_device
 from ml.embedding_model import Normalization, load_trained, preprocess, save_trained
 from ml.train_config import TrainConfig, TrainConfigError, TrainedEmbedding, validate_config
 from ml.verify import embed_images, evaluate_embeddings
@@ -46,6 +53,7 @@ __all__ = [
 ]
 
 CHECKPOINT_KIND = "train_embedding"
+PROGRESS_EVERY = 20
 
 
 class TrainingStopped(Exception):
@@ -97,17 +105,68 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _augment(x01: torch.Tensor, shift: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
-    """Random integer translation (edge padding) and horizontal flips, drawn from `gen`."""
-    n, _, h, w = x01.shape
-    if shift > 0:
+def _epoch_draws(
+    steps: int, batch: int, shift: int, flip: bool, gen: torch.Generator
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The epoch's augmentation draws from the CPU generator `gen`, batch by batch as the loop uses them.
+
+    Each batch draws its (dy, dx) offsets in [0, 2 * shift] and then its flip coins, so drawing them
+    all up front gives the same numbers as drawing them step by step; the loop copies them to the
+    device once per epoch instead of once per batch (a pageable copy waits for the device).
+
+    Returns:
+        (steps, batch, 2) int64 offsets (None without shifts) and (steps, batch) bool flips (None
+        without flips), on the CPU.
+    """
+    offsets, flips = [], []
+    for _ in range(steps):
+        if shift > 0:
+            offsets.append(torch.randint(0, 2 * shift + 1, (batch, 2), generator=gen))
+        if flip:
+            flips.append(torch.rand(batch, generator=gen) < 0.5)
+    return (torch.stack(offsets) if offsets else None), (torch.stack(flips) if flips else None)
+
+
+def _augment(x01: torch.Tensor, shift: int, offsets: torch.Tensor | None, flips: torch.Tensor | None) -> torch.Tensor:
+    """Integer translation by `offsets` (edge padding) and horizontal flips where `flips`, on x01's device.
+
+    The translation is two gathers (rows, then columns) of the padded batch: the same pixels as
+    slicing image by image, in two kernels instead of one per image.
+    """
+    n, c, h, w = x01.shape
+    if offsets is not None:
         padded = nn.functional.pad(x01, (shift, shift, shift, shift), mode="replicate")
-        offsets = torch.randint(0, 2 * shift + 1, (n, 2), generator=gen).tolist()  # CPU generator
-        x01 = torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
-    if flip:
-        mask = (torch.rand(n, generator=gen) < 0.5).to(x01.device)
-        x01 = torch.where(mask.view(n, 1, 1, 1), torch.flip(x01, dims=[3]), x01)
+        rows = offsets[:, 0:1] + torch.arange(h, device=x01.device)
+        cols = offsets[:, 1:2] + torch.arange(w, device=x01.device)
+        x01 = padded.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w + 2 * shift))
+        x01 = x01.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
+    if flips is not None:
+        x01 = torch.where(flips.view(n, 1, 1, 1), torch.flip(x01, dims=[3]), x01)
     return x01
+
+
+class _Tally:
+    """An epoch's running loss and hit counts, read from the device's per-step buffer in windows."""
+
+    def __init__(self, cb: Callbacks, epoch: int, steps_per_epoch: int, total_steps: int, batch: int) -> None:
+        self.cb, self.epoch, self.batch = cb, epoch, batch
+        self.first_step, self.total_steps = epoch * steps_per_epoch, total_steps
+        self.sum_loss, self.correct, self.seen, self.done = 0.0, 0, 0, 0
+
+    def read(self, stats: torch.Tensor, upto: int) -> None:
+        """Take steps [done, upto) of `stats` ((steps, 2): loss, hits) and report each of them.
+
+        Raises:
+            FloatingPointError: at the first non-finite loss (its step's progress is not reported).
+        """
+        for loss_value, hits in stats[self.done : upto].tolist():
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"the ArcFace loss became {loss_value} at epoch {self.epoch + 1}; lower lr")
+            self.done += 1
+            self.sum_loss += loss_value * self.batch
+            self.correct += int(hits)
+            self.seen += self.batch
+            self.cb.progress(self.first_step + self.done, self.total_steps, loss=loss_value, acc=int(hits) / self.batch)
 
 
 def _make_optimizer(config: TrainConfig, backbone: nn.Module, loss_fn: nn.Module) -> torch.optim.Optimizer:
@@ -144,6 +203,7 @@ def train_embedding(
     config: TrainConfig,
     callbacks: Callbacks | None = None,
     device: torch.device | str = "cpu",
+    progress_every: int = PROGRESS_EVERY,
 ) -> TrainedEmbedding:
     """Train `config.backbone` with ArcFace on `dataset` and evaluate it on a held-out split.
 
@@ -152,6 +212,9 @@ def train_embedding(
         config: hyperparameters; see `TrainConfig`.
         callbacks: progress/checkpoint/stop hooks; None uses an in-memory `LocalCallbacks`.
         device: where to train.
+        progress_every: steps between the host's reads of the losses (one device sync each, and at
+            every epoch's end); every step's loss and accuracy still reach `callbacks.progress`,
+            in a burst at each read. A non-finite loss is found at the next read.
 
     Raises:
         TrainConfigError: bad hyperparameters (raised before any training).
@@ -161,6 +224,8 @@ def train_embedding(
     cb: Callbacks = callbacks if callbacks is not None else LocalCallbacks()
     device = torch.device(device)
     validate_config(config)
+    if progress_every < 1:
+        raise TrainConfigError(f"progress_every must be >= 1, got {progress_every}")
     check_trainable(dataset)
     split = make_split(dataset.labels, config.split_by, config.test_fraction, config.seed)
     train_idx = split.train
@@ -208,6 +273,7 @@ def train_embedding(
         backbone.load_state_dict(state["model"])
         loss_fn.load_state_dict(state["loss"])
         opt.load_state_dict(state["optimizer"])
+        fit_optimizer_state(opt)  # the checkpoint may come from another device
         sched.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
         start_epoch, history = int(state["epoch"]), list(state["history"])
@@ -218,42 +284,57 @@ def train_embedding(
         backbone.train()
         gen = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch))
         torch.manual_seed(_epoch_seed(config.seed, epoch) + 1)  # dropout: depends on (seed, epoch) only
-        order = torch.randperm(n, generator=gen)
-        sum_loss, correct, seen = 0.0, 0, 0
+        order = torch.randperm(n, generator=gen)[: steps_per_epoch * batch]
+        offsets, flips = _epoch_draws(steps_per_epoch, batch, config.augment_shift, config.augment_flip, gen)
+        order_d = to_device(order, device)
+        offsets_d = to_device(offsets, device) if offsets is not None else None
+        flips_d = to_device(flips, device) if flips is not None else None
+        # Each step's loss and hit count stay on the device; the host reads them every
+        # `progress_every` steps (one sync), replays them to the callbacks and checks them there.
+        stats = torch.zeros(steps_per_epoch, 2, device=device)
+        tally = _Tally(cb, epoch, steps_per_epoch, total_steps, batch)
         for step in range(steps_per_epoch):
-            idx = order[step * batch : (step + 1) * batch].to(device)
-            xb = _augment(x01[idx], config.augment_shift, config.augment_flip, gen)
+            idx = order_d[step * batch : (step + 1) * batch]
+            xb = _augment(
+                x01[idx],
+                config.augment_shift,
+                offsets_d[step] if offsets_d is not None else None,
+                flips_d[step] if flips_d is not None else None,
+            )
+            yb = y[idx]
             emb = backbone(norm.apply(xb))
-            loss = loss_fn(emb, y[idx])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the ArcFace loss became {loss.item()} at epoch {epoch + 1}; lower lr")
+            loss = loss_fn(emb, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             with torch.no_grad():
-                hits = int((loss_fn.get_cosine(emb.detach()).argmax(1) == y[idx]).sum())
-            loss_value = loss.item()
-            sum_loss += loss_value * idx.numel()
-            correct += hits
-            seen += idx.numel()
-            cb.progress(epoch * steps_per_epoch + step + 1, total_steps, loss=loss_value, acc=hits / idx.numel())
+                stats[step, 0] = loss.detach()
+                stats[step, 1] = (loss_fn.get_cosine(emb.detach()).argmax(1) == yb).sum()
+            if (step + 1) % progress_every == 0 or step + 1 == steps_per_epoch:
+                tally.read(stats, step + 1)  # raises FloatingPointError at the first non-finite loss
         history.append(
-            {"epoch": epoch + 1, "loss": sum_loss / seen, "acc": correct / seen, "lr": opt.param_groups[0]["lr"]}
-        )
+            {"epoch": epoch + 1, "loss": tally.sum_loss / tally.seen, "acc": tally.correct / tally.seen,
+             "lr": opt.param_groups[0]["lr"]}
+        )  # fmt: skip
         sched.step()
-        cb.log(f"epoch {epoch + 1}/{config.epochs}: loss {sum_loss / seen:.4f}, train acc {correct / seen:.4f}")
+        cb.log(
+            f"epoch {epoch + 1}/{config.epochs}: loss {tally.sum_loss / tally.seen:.4f}, "
+            f"train acc {tally.correct / tally.seen:.4f}"
+        )
         cb.save_checkpoint(
-            {
-                "kind": CHECKPOINT_KIND,
-                "fingerprint": fingerprint,
-                "epoch": epoch + 1,
-                "model": backbone.state_dict(),
-                "loss": loss_fn.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "rng": _rng_state(),
-                "history": history,
-            }
+            portable(
+                {
+                    "kind": CHECKPOINT_KIND,
+                    "fingerprint": fingerprint,
+                    "epoch": epoch + 1,
+                    "model": backbone.state_dict(),
+                    "loss": loss_fn.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "rng": _rng_state(),
+                    "history": history,
+                }
+            )
         )
         if epoch + 1 < config.epochs and cb.should_stop():
             raise TrainingStopped(epoch + 1)

@@ -19,13 +19,15 @@ uses), so an RoI box (x1, y1, x2, y2) is given in those units; the default RoI i
 0.8 times the image's width and height. Each warp has an inverse, `restore`, that maps a warped image
 back onto an image of the original size (where the RoI box is given). Warping samples with zeros
 outside the source; restoring repeats the warped image's border (its far-out pixels) and, for the
-polar space, wraps the angle.
+polar space, wraps the angle. With the default RoI the sampling grid depends only on the sizes,
+so it is built once per (space, sizes, device, dtype) and reused.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -76,8 +78,10 @@ def _rois(roi: RoiLike, n: int, height: int, width: int, device: torch.device) -
     if roi is None:
         boxes = torch.tensor([default_roi(height, width)], dtype=torch.float64).expand(n, 4)
     else:
+        # Checked where the boxes are (the host, for lists and arrays) before they move: a check on
+        # the device would wait for it.
         boxes = roi.detach() if isinstance(roi, torch.Tensor) else torch.as_tensor(np.asarray(roi, dtype=np.float64))
-        boxes = boxes.to(device=device, dtype=torch.float64)
+        boxes = boxes.to(dtype=torch.float64)
         if boxes.dim() == 1:
             boxes = boxes.unsqueeze(0)
         if boxes.dim() != 2 or boxes.shape[1] != 4 or boxes.shape[0] not in (1, n):
@@ -86,6 +90,31 @@ def _rois(roi: RoiLike, n: int, height: int, width: int, device: torch.device) -
         if not bool(torch.isfinite(boxes).all()) or bool(((boxes[:, 2:] - boxes[:, :2]) <= 0).any()):
             raise WarpError("every RoI box needs finite coordinates with x2 > x1 and y2 > y1")
     return boxes.to(device)
+
+
+@lru_cache(maxsize=64)
+def _default_roi_grid(
+    inverse: bool,
+    space: str,
+    in_size: tuple[int, int],
+    out_size: tuple[int, int],
+    keep_aspect_ratio: bool,
+    device: str,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The (1, H, W, 2) grid of a warp (or, `inverse`, of its restore) with the default RoI, in `dtype`.
+
+    Every image of every batch of one size shares it, so it is built once (in float64 on `device`,
+    as an uncached call would) per (space, sizes, device, dtype). Cached: never modify it.
+    """
+    dev = torch.device(device)
+    if inverse:  # the RoI is the restored image's default box
+        boxes = torch.tensor([default_roi(*out_size)], dtype=torch.float64, device=dev)
+        grid = restore_grid(space, boxes, in_size, out_size, keep_aspect_ratio)
+    else:
+        boxes = torch.tensor([default_roi(*in_size)], dtype=torch.float64, device=dev)
+        grid = warp_grid(space, boxes, in_size, out_size, keep_aspect_ratio)
+    return grid.to(dtype)
 
 
 def _geometry(boxes: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -244,8 +273,14 @@ def warp(
     if space == "none":
         return images
     n, _, h, w = images.shape
+    size = _size(out_size, (h, w))
+    if roi is None:
+        cached = _default_roi_grid(
+            False, space, (h, w), size, bool(keep_aspect_ratio), str(images.device), images.dtype
+        )
+        return _sample(images, cached.expand(n, -1, -1, -1), "zeros")
     boxes = _rois(roi, n, h, w, images.device)
-    grid = warp_grid(space, boxes, (h, w), _size(out_size, (h, w)), keep_aspect_ratio)
+    grid = warp_grid(space, boxes, (h, w), size, keep_aspect_ratio)
     return _sample(images, grid, "zeros")
 
 
@@ -273,8 +308,11 @@ def restore(
         return warped
     n, _, h, w = warped.shape
     ho, wo = _size(out_size, (h, w))
-    boxes = _rois(roi, n, ho, wo, warped.device)
-    grid = restore_grid(space, boxes, (h, w), (ho, wo), keep_aspect_ratio)
+    if roi is None:
+        key = (True, space, (h, w), (ho, wo), bool(keep_aspect_ratio), str(warped.device), warped.dtype)
+        grid = _default_roi_grid(*key).expand(n, -1, -1, -1)
+    else:
+        grid = restore_grid(space, _rois(roi, n, ho, wo, warped.device), (h, w), (ho, wo), keep_aspect_ratio)
     source = torch.cat((warped, warped[:, :, :1]), dim=2) if space == "roi_tanh_polar" else warped
     return _sample(source, grid, "border")
 

@@ -6,7 +6,9 @@ no services: the real data folder beside the checkout and a CPU-friendly torch s
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +31,25 @@ def need_data(*parts: str) -> Path:
             pytest.fail(reason + " (FACEJOBS_REQUIRE_DATA=1 forbids skipping)")
         pytest.skip(reason)
     return path
+
+
+def need_gpu() -> Any:
+    """The CUDA device, or skip (fail under FACEJOBS_REQUIRE_GPU=1) without one.
+
+    A `gpu` test calls this first, so on a GPU host that lost its GPU (or a CI job meant to run on
+    one) the smoke script's FACEJOBS_REQUIRE_GPU=1 turns the skip into a failure.
+    """
+    import torch  # here, not at the top: the rest of the suite must not need (or load) torch for this
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", 0)  # no CUDA call yet: deterministic mode may still be set after this
+    reason = "needs CUDA: torch sees no GPU on this host"
+    require = getattr(get_settings(), "require_gpu", None)
+    if require is None:  # until the settings object has the flag
+        require = os.environ.get("FACEJOBS_REQUIRE_GPU", "") == "1"
+    if require:
+        pytest.fail(reason + " (FACEJOBS_REQUIRE_GPU=1 forbids skipping)")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,14 @@ unknown: pixel + perceptual terms only. Adam (lr 2e-4, beta1 0.5) for the whole 
 
 Resume is exact: the latents (and real-image indices) of step s are drawn from a generator seeded
 by (seed, s) alone; a checkpoint every `checkpoint_every` steps holds the encoder, Adam's state
-and the history, so a killed and resumed run ends with the same weights as an uninterrupted one.
+and the history (on the CPU, fitted to the resuming attempt's device on load), so a killed and
+resumed run ends with the same weights as an uninterrupted one. The loop reads the device only
+every `log_every` steps.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.callbacks import Callbacks, LocalCallbacks
+from ml.device_state import fit_optimizer_state, portable, to_device
 from ml.gan.common import GANConfigError, TrainingStopped, derived_seed, fingerprint, grid_png, to_unit
 from ml.gan.encoder import LatentEncoder
 from ml.gan.generator import check_prior, sample_latent
@@ -210,19 +214,22 @@ def train_encoder(
             raise GANConfigError("the checkpoint found belongs to a different config or generator; cannot resume")
         encoder.load_state_dict(state["encoder"])
         opt.load_state_dict(state["optimizer"])
+        fit_optimizer_state(opt)  # the checkpoint may come from another device
         start, history = int(state["step"]), list(state["history"])
         cb.log(f"resumed from the checkpoint of step {start}")
 
     def checkpoint(step: int) -> None:
         cb.save_checkpoint(
-            {
-                "kind": CHECKPOINT_KIND,
-                "fingerprint": key,
-                "step": step,
-                "encoder": encoder.state_dict(),
-                "optimizer": opt.state_dict(),
-                "history": history,
-            }
+            portable(
+                {
+                    "kind": CHECKPOINT_KIND,
+                    "fingerprint": key,
+                    "step": step,
+                    "encoder": encoder.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "history": history,
+                }
+            )
         )
 
     def preview() -> None:
@@ -235,13 +242,14 @@ def train_encoder(
     sums: dict[str, torch.Tensor] = {}
     for step in range(start + 1, total + 1):
         rng = torch.Generator().manual_seed(derived_seed(config.seed, 1, step))
+        # Draws on the CPU generator (the same on every device), copied without waiting for the device.
         if step <= config.steps:
-            z = sample_latent(config.batch_size, latent_dim, prior, rng, device)
+            z = to_device(sample_latent(config.batch_size, latent_dim, prior, rng), device)
             with torch.no_grad():
                 x = generator(z)
             terms = _loss_terms(encoder, generator, x, z, config, perceptual)
         else:
-            idx = torch.randint(0, n_real, (config.batch_size,), generator=rng).to(device)
+            idx = to_device(torch.randint(0, n_real, (config.batch_size,), generator=rng), device)
             terms = _loss_terms(encoder, generator, real_images[idx], None, config, perceptual)  # type: ignore[index]
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
@@ -250,8 +258,9 @@ def train_encoder(
             sums[k] = sums.get(k, torch.zeros((), device=device)) + v.detach()
         if step % config.log_every == 0 or step == total:
             count = (step - 1) % config.log_every + 1
-            means = {k: float(v) / count for k, v in sums.items()}
-            if not all(torch.isfinite(torch.tensor(list(means.values())))):
+            values = torch.stack(list(sums.values())).tolist()  # one read of the device per report
+            means = {k: v / count for k, v in zip(sums, values, strict=True)}
+            if not all(math.isfinite(v) for v in values):
                 raise FloatingPointError(f"the encoder loss became NaN/inf at step {step}; lower lr")
             history.append({"step": step, "phase": 0 if step <= config.steps else 1, **means})
             cb.progress(step, total, **means)

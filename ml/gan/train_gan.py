@@ -9,11 +9,14 @@
 
 Resume is exact: the data order and latents of epoch e are drawn from a generator seeded by
 (seed, e) alone, so a run killed after k epochs and resumed ends with the same weights as an
-uninterrupted one (bit for bit on CPU). `export_dcgan` writes the contract's generator.pt/json.
+uninterrupted one (bit for bit on CPU); checkpoints are saved on the CPU and fitted to the
+resuming attempt's device. The loop reads the device only every `log_every` steps (and at the
+epoch's end). `export_dcgan` writes the contract's generator.pt/json.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.callbacks import Callbacks, LocalCallbacks
+from ml.device_state import fit_optimizer_state, portable, to_device
 from ml.gan.common import (
     GANConfigError,
     TrainingStopped,
@@ -180,6 +184,8 @@ def train_dcgan(
         disc.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
+        fit_optimizer_state(opt_g)  # the checkpoint may come from another device
+        fit_optimizer_state(opt_d)
         start_epoch, history = int(state["epoch"]), list(state["history"])
         cb.log(f"resumed from the checkpoint of epoch {start_epoch}")
 
@@ -188,11 +194,12 @@ def train_dcgan(
         gen.train()
         disc.train()
         rng = torch.Generator().manual_seed(derived_seed(config.seed, 1, epoch))
-        order = torch.randperm(n, generator=rng).to(device)
+        order = to_device(torch.randperm(n, generator=rng), device)
         sums = torch.zeros(4, device=device)  # d_loss, g_loss, D(x), D(G(z)) summed over steps
         for step in range(steps_per_epoch):
             real = x[order[step * batch : (step + 1) * batch]]
-            z = sample_latent(batch, config.latent_dim, config.prior, rng, device)
+            # Drawn on the CPU (the same latents on every device), copied without waiting for the device.
+            z = to_device(sample_latent(batch, config.latent_dim, config.prior, rng), device)
             fake = gen(z)
             d_real = disc(real)
             loss_d = gan_losses(config.loss, d_real, disc(fake.detach()))
@@ -208,9 +215,10 @@ def train_dcgan(
                 sums += torch.stack([loss_d, loss_g, d_real.mean(), d_fake.mean()]).detach()
             done = epoch * steps_per_epoch + step + 1
             if (step + 1) % config.log_every == 0 or step + 1 == steps_per_epoch:
-                if not torch.isfinite(sums).all():
+                # One read of the device per report: the running sums and this step's two losses.
+                *running, d_loss, g_loss = torch.cat([sums, loss_d.detach().view(1), loss_g.detach().view(1)]).tolist()
+                if not all(math.isfinite(v) for v in running):
                     raise FloatingPointError(f"the GAN losses became NaN/inf at epoch {epoch + 1}; lower lr")
-                d_loss, g_loss = loss_d.item(), loss_g.item()
                 cb.progress(done, total_steps, d_loss=d_loss, g_loss=g_loss)
         means = (sums / steps_per_epoch).tolist()
         history.append(
@@ -219,16 +227,18 @@ def train_dcgan(
         cb.log(f"epoch {epoch + 1}/{config.epochs}: d_loss {means[0]:.4f}, g_loss {means[1]:.4f}")
         _preview(cb, gen, fixed_z)
         cb.save_checkpoint(
-            {
-                "kind": CHECKPOINT_KIND,
-                "fingerprint": key,
-                "epoch": epoch + 1,
-                "generator": gen.state_dict(),
-                "discriminator": disc.state_dict(),
-                "opt_g": opt_g.state_dict(),
-                "opt_d": opt_d.state_dict(),
-                "history": history,
-            }
+            portable(
+                {
+                    "kind": CHECKPOINT_KIND,
+                    "fingerprint": key,
+                    "epoch": epoch + 1,
+                    "generator": gen.state_dict(),
+                    "discriminator": disc.state_dict(),
+                    "opt_g": opt_g.state_dict(),
+                    "opt_d": opt_d.state_dict(),
+                    "history": history,
+                }
+            )
         )
         if epoch + 1 < config.epochs and cb.should_stop():
             raise TrainingStopped("DCGAN training", epoch + 1)

@@ -258,3 +258,44 @@ def test_runner_writes_images_grid_tensors_and_metrics_and_resumes_after_preempt
     assert set(metrics["per_class"]) == {"2", "5"} and metrics["per_class"]["5"]["name"] == "5"
     assert metrics["iterations"] == 6 and metrics["per_class"]["2"]["iterations"] == 6
     assert metrics["target_prob"] == pytest.approx(result["target_prob"])
+
+
+def _rgb_model() -> tuple[nn.Module, torch.Tensor]:
+    """An untrained 3-channel se_resnet18 and class weights: with one channel both layouts are the same memory."""
+    from ml.backbones import create_backbone
+
+    torch.manual_seed(0)
+    backbone = create_backbone("se_resnet18", in_channels=3, input_size=16, base_width=4, embedding_size=16)
+    return backbone.eval(), torch.randn(16, 5)
+
+
+def _layout_run(model: tuple[nn.Module, torch.Tensor], cb: LocalCallbacks, channels_last: bool) -> Any:
+    config = InversionConfig(
+        classes=[0, 3], images_per_class=2, iterations=12, checkpoint_every=4, preview_every=0, lambda_bn=0.01,
+        bn_form="l2", channels_last=channels_last,
+    )  # fmt: skip
+    return invert(model[0], model[1], config, callbacks=cb)
+
+
+@pytest.mark.parametrize(("first", "then"), [(False, True), (True, False)])
+def test_resume_in_the_other_memory_layout_ends_with_the_uninterrupted_images(
+    first: bool, then: bool, tmp_path: Path
+) -> None:
+    # Before checkpoints were normalised, Adam's saved moments kept the first attempt's layout and the
+    # fused kernel paired them with the wrong pixels: 0.52 / 0.47 (in [0, 1]) from the reference here.
+    model = _rgb_model()
+    reference = _layout_run(model, LocalCallbacks(), channels_last=first)
+    killed = LocalCallbacks(tmp_path / "ckpt", stop_after_checkpoints=2)
+    assert _layout_run(model, killed, channels_last=first).step == 8
+
+    # The checkpoint is canonical (CPU, contiguous) and reads back with weights_only=True.
+    state = torch.load(tmp_path / "ckpt" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    moments = state["optimizer"]["state"][0]
+    for t in (state["images"], moments["exp_avg"], moments["exp_avg_sq"]):
+        assert (t.device.type, t.is_contiguous(), tuple(t.shape)) == ("cpu", True, (4, 3, 16, 16))
+
+    resumed = _layout_run(model, killed.resume(), channels_last=then)
+    assert (resumed.step, resumed.stopped) == (12, False)
+    # The two layouts' convolutions round differently (the uninterrupted runs differ by about 1e-5),
+    # so the bar is 1e-4: four orders of magnitude under the mismatched-layout error.
+    assert torch.allclose(resumed.images, reference.images, rtol=0, atol=1e-4)

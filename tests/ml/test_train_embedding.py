@@ -247,3 +247,33 @@ def test_warp_is_applied_before_normalisation() -> None:
     # Grey digits fed to a 3-channel model are replicated, and resized on the way.
     rgb = preprocess(x, (20, 20), 3, Normalization.uniform(3))
     assert rgb.shape == (4, 3, 20, 20) and torch.equal(rgb[:, 0], rgb[:, 2])
+
+
+# Measured to diverge (as the fault test's job does): the loss is first NaN at epoch 1's 6th step.
+DIVERGING_CONFIG = TrainConfig(
+    backbone="iresnet18", backbone_kwargs={"base_width": 4}, embedding_size=8, image_size=16, optimizer="sgd",
+    lr=10.0, momentum=0.99, weight_decay=1.0, loss_lr_multiplier=100.0, scale=1024.0, margin=89.0,
+    schedule="constant", epochs=3, batch_size=8, max_train_samples=128, folds=2, max_pairs=10, split_by="identity",
+)  # fmt: skip
+
+
+def test_a_nan_loss_read_later_still_fails_at_its_own_step_with_nothing_saved() -> None:
+    cb = LocalCallbacks()
+    # 16 steps an epoch, read once at its end: the NaN of step 6 is found there, not when it happened.
+    with pytest.raises(FloatingPointError, match=r"^the ArcFace loss became nan at epoch 1; lower lr$"):
+        train_embedding(load_digits(16), DIVERGING_CONFIG, cb, progress_every=16)
+    # Every step before it is reported (with finite values), the NaN step and later ones are not.
+    assert [s for s, _, _ in cb.steps] == [1, 2, 3, 4, 5]
+    assert cb.steps[-1][2]["loss"] == pytest.approx(1535.7567, abs=1e-3) and cb.checkpoints_saved == 0
+    with pytest.raises(TrainConfigError, match="progress_every must be >= 1, got 0"):
+        train_embedding(load_digits(16), DIVERGING_CONFIG, LocalCallbacks(), progress_every=0)
+
+
+def test_reading_the_losses_rarely_changes_nothing_but_when_they_are_read() -> None:
+    config = TrainConfig(**{**DIGITS_CONFIG.to_json(), "epochs": 2, "augment_flip": True, "max_train_samples": 512})
+    every, rarely = LocalCallbacks(), LocalCallbacks()
+    a = train_embedding(load_digits(16), config, every, progress_every=1)
+    b = train_embedding(load_digits(16), config, rarely, progress_every=5)
+    assert len(every.steps) == 16 and every.steps == rarely.steps  # 8 steps of 64 an epoch, each reported
+    assert a.history == b.history
+    torch.testing.assert_close(a.arcface_weight, b.arcface_weight, rtol=0, atol=0)

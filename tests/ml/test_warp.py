@@ -216,3 +216,21 @@ def test_cuda_matches_cpu() -> None:
         gpu = W.restore(W.warp(images.cuda(), space, keep_aspect_ratio=True), space, keep_aspect_ratio=True)
         assert gpu.device.type == "cuda"
         assert torch.allclose(cpu, gpu.cpu(), atol=1e-4)
+
+
+def test_the_default_roi_grid_is_built_once_per_size_and_gives_what_an_explicit_box_gives() -> None:
+    images = torch.rand(4, 2, 12, 16, generator=torch.Generator().manual_seed(5))
+    W._default_roi_grid.cache_clear()
+    for space in WARPED:
+        box = W.default_roi(12, 16)
+        first = W.warp(images, space, keep_aspect_ratio=True)
+        again = W.warp(images[:2], space, keep_aspect_ratio=True)  # another batch size: the same grid
+        assert torch.equal(first, W.warp(images, space, roi=box, keep_aspect_ratio=True))
+        assert torch.equal(again, first[:2])
+        back = W.restore(first, space, keep_aspect_ratio=True)
+        assert torch.equal(back, W.restore(first, space, roi=box, keep_aspect_ratio=True))
+        assert torch.equal(W.restore(first, space, keep_aspect_ratio=True), back)
+    info = W._default_roi_grid.cache_info()
+    assert (info.misses, info.hits) == (6, 6)  # per space: a warp and a restore grid, each then reused once
+    W.warp(images.double(), "roi_tanh")  # another dtype is another grid
+    assert W._default_roi_grid.cache_info().misses == 7
