@@ -31,7 +31,6 @@ class SEModule(nn.Module):
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
         hidden = max(1, channels // reduction)
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Sequential(
             nn.Linear(channels, hidden),
             nn.ReLU(inplace=True),
@@ -41,7 +40,9 @@ class SEModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c = x.shape[:2]
-        w = self.fc(self.pool(x).view(n, c)).view(n, c, 1, 1)
+        # A mean, not AdaptiveAvgPool2d(1): the same numbers, and its CUDA backward is deterministic
+        # (the pool's has no deterministic kernel, so deterministic mode refused every se_resnet18 job).
+        w = self.fc(x.mean(dim=(2, 3))).view(n, c, 1, 1)
         return x * w
 
 
