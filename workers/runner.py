@@ -27,7 +27,13 @@ from jobs.settings import Settings, get_settings
 from jobs.states import JobStatus, claim, finish, requeue, utcnow
 from jobs.store import get_store
 from workers.context import JobContext
-from workers.device_faults import classify, oom_message, release_device_memory, resolve_device
+from workers.device_faults import (
+    DeviceUnavailableError,
+    classify,
+    oom_message,
+    release_device_memory,
+    resolve_device,
+)
 from workers.runners import Preempted
 
 log = logging.getLogger(__name__)
@@ -205,11 +211,16 @@ def _device_lost(ctx: JobContext, db: str, kind: str, exc: Exception) -> Outcome
             )
         )  # fmt: skip
     if (earlier or 0) >= limit:
-        message = (
-            f"{error}\n\nfatal device error on {limit + 1} worker processes in a row: the job itself seems to "
-            "trigger it (a device-side assert usually means an index out of range, e.g. labels beyond the "
-            "number of classes); run it on the CPU (queue cpu) to see the error in plain words"
-        )
+        processes = f"{limit + 1} worker process{'es' if limit else ''}"
+        if isinstance(exc, DeviceUnavailableError):
+            why = f"{processes} took it and found no usable device: fix those workers, or submit it to another queue"
+        else:
+            why = (
+                f"fatal device error on {processes} in a row: the job itself seems to trigger it (a device-side "
+                "assert usually means an index out of range, e.g. labels beyond the number of classes); run it "
+                "on the CPU (queue cpu) to see the error in plain words"
+            )
+        message = f"{error}\n\n{why}"
         out = _fail(db, ctx.job_id, ctx.attempt, ctx.worker_id, exc, message=message)
         out.exit_process = True
         return out

@@ -162,3 +162,18 @@ def test_the_device_setting_decides_not_the_host() -> None:
     else:
         with pytest.raises(DeviceUnavailableError, match=r"FACEJOBS_DEVICE=cuda but torch .* sees no CUDA device"):
             resolve_device("cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a worker without CUDA is what this test needs")
+def test_a_worker_told_to_use_a_missing_gpu_hands_the_job_back(embedded_stack: Stack) -> None:
+    stack = embedded_stack
+    job_id = submit(stack, {"matmul_size": 64})
+    stack.start_worker(extra_env={"FACEJOBS_DEVICE": "cuda", "FACEJOBS_MAX_DEVICE_ERROR_REQUEUES": "0"})
+    job = stack.wait_job(job_id, timeout=120)
+    assert (job["status"], job["attempt"], job["preemptions"]) == ("failed", 1, 0)
+    assert job["error"] == (
+        f"DeviceUnavailableError: FACEJOBS_DEVICE=cuda but torch {torch.__version__} (CUDA {torch.version.cuda}) "
+        "sees no CUDA device on this worker: check the driver and CUDA_VISIBLE_DEVICES, or set FACEJOBS_DEVICE=auto "
+        "or cpu\n\n1 worker process took it and found no usable device: fix those workers, or submit it to "
+        "another queue"
+    )
