@@ -38,8 +38,14 @@ def _node(sender: Any) -> str:
 
 
 def _device_name() -> str:
-    visible = get_settings().cuda_visible_devices
-    return f"cuda (CUDA_VISIBLE_DEVICES={visible})" if visible not in (None, "", "-1") else "cpu"
+    """What the worker row shows; read from the settings, never by asking CUDA in the parent before the fork."""
+    settings = get_settings()
+    if settings.device == "cpu":
+        return "cpu"
+    visible = settings.cuda_visible_devices
+    if visible not in (None, "", "-1"):
+        return f"cuda (CUDA_VISIBLE_DEVICES={visible})"
+    return "cuda" if settings.device == "cuda" else "cpu"
 
 
 @signals.worker_process_init.connect

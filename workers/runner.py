@@ -216,7 +216,7 @@ def _device_lost(ctx: JobContext, db: str, kind: str, exc: Exception) -> Outcome
             why = f"{processes} took it and found no usable device: fix those workers, or submit it to another queue"
         else:
             why = (
-                f"fatal device error on {processes} in a row: the job itself seems to trigger it (a device-side "
+                f"a fatal device error on each of {processes}: the job itself seems to trigger it (a device-side "
                 "assert usually means an index out of range, e.g. labels beyond the number of classes); run it "
                 "on the CPU (queue cpu) to see the error in plain words"
             )

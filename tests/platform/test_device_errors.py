@@ -33,9 +33,11 @@ def owner_of(stack: Stack, job_id: str, attempt: int) -> str:
 
 def test_a_fatal_device_error_requeues_the_job_to_a_fresh_process(stack: Stack) -> None:
     job_id = submit(stack, {"matmul_size": 64, "matmul_repeats": 1, "fault": "accelerator_error", "fault_attempts": 1})
-    worker = stack.start_worker()
+    # A visible GPU does not decide the device: FACEJOBS_DEVICE=cpu (the test workers' setting) does.
+    worker = stack.start_worker(extra_env={"CUDA_VISIBLE_DEVICES": "0"})
     job = stack.wait_job(job_id, timeout=120)
     assert (job["status"], job["attempt"], job["preemptions"], job["error"]) == ("succeeded", 2, 1, None)
+    assert job["result"]["device"] == "cpu"
     # Not counted against the job: its error budget is untouched.
     assert job["attempt"] - job["preemptions"] == 1
     first, second = owner_of(stack, job_id, 1), owner_of(stack, job_id, 2)
@@ -55,7 +57,7 @@ def test_a_fatal_device_error_requeues_the_job_to_a_fresh_process(stack: Stack) 
         (2, "status", f"running on {second} (attempt 2)"),
         (2, "status", "succeeded"),
     ]
-    assert [w["id"] for w in stack.client.get("/workers").json()] == [node]
+    assert [(w["id"], w["device"]) for w in stack.client.get("/workers").json()] == [(node, "cpu")]
 
 
 @pytest.mark.fault
@@ -67,9 +69,9 @@ def test_a_job_that_always_breaks_the_device_fails_after_the_requeue_limit(servi
     job = stack.wait_job(job_id, timeout=120)
     assert (job["status"], job["attempt"], job["preemptions"]) == ("failed", 2, 1)
     assert job["error"] == (
-        "AcceleratorError: CUDA error: device-side assert triggered\n\nfatal device error on 2 worker processes in a "
-        "row: the job itself seems to trigger it (a device-side assert usually means an index out of range, e.g. "
-        "labels beyond the number of classes); run it on the CPU (queue cpu) to see the error in plain words"
+        "AcceleratorError: CUDA error: device-side assert triggered\n\na fatal device error on each of 2 worker "
+        "processes: the job itself seems to trigger it (a device-side assert usually means an index out of range, "
+        "e.g. labels beyond the number of classes); run it on the CPU (queue cpu) to see the error in plain words"
     )
     pids = {int(owner_of(stack, job_id, a).rsplit("/", 1)[1]) for a in (1, 2)}
     assert len(pids) == 2
@@ -170,6 +172,7 @@ def test_a_worker_told_to_use_a_missing_gpu_hands_the_job_back(embedded_stack: S
     job_id = submit(stack, {"matmul_size": 64})
     stack.start_worker(extra_env={"FACEJOBS_DEVICE": "cuda", "FACEJOBS_MAX_DEVICE_ERROR_REQUEUES": "0"})
     job = stack.wait_job(job_id, timeout=120)
+    assert [w["device"] for w in stack.client.get("/workers").json()] == ["cuda"]
     assert (job["status"], job["attempt"], job["preemptions"]) == ("failed", 1, 0)
     assert job["error"] == (
         f"DeviceUnavailableError: FACEJOBS_DEVICE=cuda but torch {torch.__version__} (CUDA {torch.version.cuda}) "
