@@ -16,7 +16,7 @@
 # non-zero if any did. bench/load.py needs PostgreSQL and Redis on localhost, as the test suite does.
 #
 # Environment: SMOKE_PYTHON (default .venv/bin/python, else python3); SMOKE_STEP_TIMEOUT seconds per
-# step (default 300 on cuda, 900 on cpu, where two shared cores make the quick benches slow).
+# step (default 300 on cuda, 1800 on cpu, where two shared cores make the quick benches slow).
 set -uo pipefail
 
 DEVICE=cuda
@@ -43,7 +43,7 @@ fi
 OUT="${OUT:-bench/results/gpu-smoke-$DEVICE-$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
-if [ "$DEVICE" = cuda ]; then STEP_TIMEOUT="${SMOKE_STEP_TIMEOUT:-300}"; else STEP_TIMEOUT="${SMOKE_STEP_TIMEOUT:-900}"; fi
+if [ "$DEVICE" = cuda ]; then STEP_TIMEOUT="${SMOKE_STEP_TIMEOUT:-300}"; else STEP_TIMEOUT="${SMOKE_STEP_TIMEOUT:-1800}"; fi
 
 STEPS=()
 run_step() {  # run_step NAME COMMAND...: log to OUT/NAME.log, record status and seconds
