@@ -7,7 +7,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint up bench clean
+.PHONY: install demo test test-fast lint up bench gpu-smoke clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ lint: install
 
 bench: install
 	for b in bench/*.py; do $(BIN)/python $$b --quick || exit 1; done
+
+# On a GPU host, in under 10 minutes: torch and device, the gpu tests (required), the probe's CUDA
+# matmul, every bench --quick on cuda; JSON in bench/results/. SMOKE_ARGS="--device cpu" is the dry run.
+SMOKE_ARGS ?=
+gpu-smoke: install
+	SMOKE_PYTHON=$(BIN)/python bash bench/gpu_smoke.sh $(SMOKE_ARGS)
 
 clean:
 	rm -rf $(VENV) .facejobs test-artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_name, sync  # noqa: E402
+from bench.common import add_device_arg, device_from, device_name, sync  # noqa: E402
 from ml.align import align_faces  # noqa: E402
 from ml.callbacks import LocalCallbacks  # noqa: E402
 from ml.embed import EmbedSettings, embed_dataset  # noqa: E402
@@ -143,13 +143,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100 images (30 in the plain loop), one repeat")
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--orl", type=Path, default=None, help="ORL folder (default: the shared data folder)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_arg(parser)
     parser.add_argument("--images", type=int, default=None, help="number of images (default 1000, quick 100)")
     parser.add_argument(
         "--plain-images", type=int, default=None, help="images for the plain loop (default all; quick 30)"
     )
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = device_from(args.device)
     n = args.images or (100 if args.quick else 1000)
     n_plain = args.plain_images or (30 if args.quick else n)
     repeats = 1 if args.quick else 2
@@ -189,7 +189,7 @@ def main() -> None:
 
     figures = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "device_name": device_name(device),
         "torch_threads": torch.get_num_threads(),
         "images": n,
         "image_size": [250, 250],

@@ -1,6 +1,6 @@
 """How recognisable inverted MNIST digits are, as the iterations grow (run once, e.g. on a GPU).
 
-    python bench/invert_quality.py --iterations 2000 [--model DIR] [--mnist DIR] [--device cuda]
+    python bench/invert_quality.py --iterations 2000 [--model DIR] [--mnist DIR] [--device cpu|cuda] [--quick]
         [--images-per-class 4] [--eval-every 100] [--set key=value ...] [--sweep FILE] [--workers N]
         [--json PATH]
 
@@ -17,6 +17,10 @@ override dict of a JSON list (in `--workers` processes) and ranks them by (b); a
 "iterations" too. Prints a line per finished run and writes every figure to the JSON after each
 run; every scored checkpoint is also appended to `--work`/curve_<i>.jsonl as it happens, so a run
 cut short by a time limit keeps its curve (point `--work` at a folder that comes back).
+
+`--quick` checks that the whole path runs (a minute or two on a CPU), not the quality: the model
+trains one epoch on 2,048 images, LeNet one epoch, and one image per digit is inverted for 100
+iterations (unless --iterations, --images-per-class, --eval-every or --lenet-epochs say otherwise).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import add_device_arg, device_from, device_name
 from ml.callbacks import LocalCallbacks
 from ml.data import load_mnist
 from ml.embedding_model import Normalization, load_trained
@@ -153,20 +158,27 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=2000)
-    parser.add_argument("--images-per-class", type=int, default=4)
-    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--quick", action="store_true", help="small model, 100 iterations: the path, not quality")
+    parser.add_argument("--iterations", type=int, default=None, help="default 2000 (quick 100)")
+    parser.add_argument("--images-per-class", type=int, default=None, help="default 4 (quick 1)")
+    parser.add_argument("--eval-every", type=int, default=None, help="default 100 (quick 50)")
     parser.add_argument("--model", type=Path, help="trained model folder (default: train the test recipe)")
     parser.add_argument("--mnist", type=Path, default=None, help="MNIST IDX folder (default: the shared data)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_arg(parser)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="InversionConfig override")
     parser.add_argument("--sweep", type=Path, help="JSON list of override dicts")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--lenet-epochs", type=int, default=8)
+    parser.add_argument("--lenet-epochs", type=int, default=None, help="default 8 (quick 1)")
     parser.add_argument("--work", type=Path, default=Path("bench/results/invert_quality"))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    device = torch.device(args.device)
+    quick = {"iterations": 100, "images_per_class": 1, "eval_every": 50, "lenet_epochs": 1}
+    full = {"iterations": 2000, "images_per_class": 4, "eval_every": 100, "lenet_epochs": 8}
+    for name, value in (quick if args.quick else full).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    recipe = {**RECIPE, "epochs": 1, "max_train_samples": 2048} if args.quick else RECIPE
+    device = device_from(args.device)
     args.work.mkdir(parents=True, exist_ok=True)
     if args.mnist is None:
         from jobs.settings import get_settings
@@ -183,7 +195,7 @@ def main() -> None:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as the fixture does: the trained model depends on the thread count
         try:
-            trained = train_embedding(data, TrainConfig(**RECIPE), LocalCallbacks(), device=device)
+            trained = train_embedding(data, TrainConfig(**recipe), LocalCallbacks(), device=device)
         finally:
             torch.set_num_threads(threads)
         model_dir = args.work / "model"
@@ -216,6 +228,8 @@ def main() -> None:
     payload: dict[str, Any] = {
         "benchmark": "invert_quality",
         "device": args.device,
+        "device_name": device_name(device),
+        "quick": args.quick,
         "iterations": args.iterations,
         "images_per_class": args.images_per_class,
         "lenet_heldout_accuracy": lenet_acc,

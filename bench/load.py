@@ -1,6 +1,6 @@
 """Load benchmark of job submission: 2,000 jobs from 20 concurrent clients against the real services.
 
-    python bench/load.py [--quick] [--json PATH] [--jobs N] [--clients C]
+    python bench/load.py [--quick] [--json PATH] [--jobs N] [--clients C] [--device cpu|cuda]
 
 The API runs as `facejobs api` (uvicorn, one process) on a PostgreSQL database created for the run
 and the machine's Redis (a key prefix of its own); nothing consumes the queue, so every submitted
@@ -14,7 +14,8 @@ what facejobs costs on top of them on this machine at this moment:
 - `raw send_task`: Celery's `send_task` to the same Redis from 20 threads: the broker part alone.
 
 It prints a table and writes every printed figure to the JSON (`--json`). `--quick` submits 200.
-Servers, database and Redis keys are removed at the end.
+Servers, database and Redis keys are removed at the end. It runs no model: `--device` (taken by
+every bench, so one command line drives them all) is only recorded in the JSON's config.
 """
 
 from __future__ import annotations
@@ -251,6 +252,10 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--json", type=Path, help="write every printed figure here")
     parser.add_argument("--serve-noop", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    if "--serve-noop" not in sys.argv:  # the no-op server must not pay for importing torch
+        from bench.common import add_device_arg
+
+        add_device_arg(parser)
     args = parser.parse_args()
     if args.serve_noop:
         serve_noop(args.serve_noop)
@@ -283,7 +288,8 @@ def main() -> int:
                                   env, noop_port, home / "noop.log"))  # fmt: skip
 
         results: dict[str, Any] = {"config": {"jobs": n, "clients": args.clients, "db_pool_size": DB_POOL_SIZE,
-                                              "quick": args.quick, "params": PARAMS}}  # fmt: skip
+                                              "quick": args.quick, "params": PARAMS,
+                                              "device": args.device}}  # fmt: skip
         results["facejobs"] = http_scenario(f"http://127.0.0.1:{api_port}", "/jobs", key, n, args.clients)
         results["counts"] = count_results(settings, n)
         results["bare_fastapi"] = http_scenario(f"http://127.0.0.1:{noop_port}", "/noop", key, n, args.clients)

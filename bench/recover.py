@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import sync
+from bench.common import add_device_arg, device_from, device_name, sync
 from ml.callbacks import LocalCallbacks
 from ml.gan.compare import MethodSpec, evaluate, method_specs, run_method
 from ml.gan.encoder import load_encoder
@@ -171,7 +170,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small models and 10 targets (about a minute on a CPU)")
     ap.add_argument("--json", type=Path, help="write every printed figure here")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_arg(ap)
     ap.add_argument("--generator", type=Path, help="a generator in the contract (skips DCGAN training)")
     ap.add_argument("--encoder", type=Path, help="encoder.pt of a train_encoder job (skips encoder training)")
     ap.add_argument("--mnist", type=Path, default=default_mnist(), help="MNIST IDX folder for training")
@@ -184,7 +183,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = device_from(args.device)
     torch.manual_seed(args.seed)
     n = args.targets or (10 if args.quick else 50)
 
@@ -238,7 +237,7 @@ def main() -> None:
     if args.json:
         result = {
             "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "device_name": device_name(device),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "quick": args.quick,

@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_name, sync  # noqa: E402
+from bench.common import add_device_arg, device_from, device_name, sync  # noqa: E402
 from ml.backbones import create_backbone  # noqa: E402
 from ml.data import ImageDataset, load_digits, load_mnist, make_split  # noqa: E402
 from ml.train_embedding import TrainConfig, train_embedding  # noqa: E402
@@ -272,7 +272,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2,048 images, 1 epoch, 1 repeat (about a minute)")
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--backbone", action="append", choices=BACKBONES, help="default: both")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_arg(parser)
     parser.add_argument("--base-width", type=int, default=16, help="first-stage width (64 in the papers)")
     parser.add_argument("--samples", type=int, default=None, help="training images (default 6000, quick 2048)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default 2, quick 1)")
@@ -284,7 +284,7 @@ def main() -> None:
     args.samples = args.samples or (2048 if args.quick else 6000)
     args.epochs = args.epochs or (1 if args.quick else 2)
     args.repeats = args.repeats or (1 if args.quick else 2)
-    device = torch.device(args.device)
+    device = device_from(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("FACEJOBS_ENV", "dev")
@@ -298,7 +298,7 @@ def main() -> None:
     figures = {
         "benchmark": "train_embedding",
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "device_name": device_name(device),
         "torch_threads": torch.get_num_threads(),
         "dataset": dataset.source,
         "image_size": [SIDE, SIDE],

@@ -75,6 +75,22 @@ class Settings(BaseSettings):
         "threads spin against each other and run many times slower.",
     )
     default_max_attempts: int = 3
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="Where a worker runs its jobs: auto (its visible GPU if torch sees one, else the CPU), cpu, "
+        "or cuda (a job on a worker without a usable GPU is handed back, not failed).",
+    )
+    deterministic: bool = Field(
+        False,
+        description="Deterministic algorithms in every worker process (torch.use_deterministic_algorithms, "
+        "CUBLAS_WORKSPACE_CONFIG, no cuDNN benchmark): bitwise-repeatable runs on one device type, a little slower.",
+    )
+    max_device_error_requeues: int = Field(
+        3,
+        ge=0,
+        description="A job that hit a fatal device error (torch.AcceleratorError) is handed to a fresh worker "
+        "process this many times, not counted against its attempts; the next such error fails it.",
+    )
 
     # API server and the CLI's view of it
     api_host: str = "127.0.0.1"
@@ -100,6 +116,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=REPO_ROOT.parent / "shared" / "data")
     require_data: bool = False
     require_browser: bool = Field(False, description="Fail (not skip) browser tests when Chromium is missing.")
+    require_gpu: bool = Field(False, description="Fail (not skip) gpu-marked tests when torch sees no CUDA device.")
 
     @field_validator("database_url")
     @classmethod

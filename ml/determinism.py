@@ -8,8 +8,8 @@ how many streams ask for it. `set_deterministic(True)`:
 - `torch.use_deterministic_algorithms(True, warn_only=False)`: deterministic kernels where torch
   has them, and a RuntimeError naming the operation where it has none (at the time of writing, on
   CUDA: the backward of AdaptiveAvgPool2d, which the encoder's torchvision ResNet-18 uses
-  (se_resnet18's SE blocks take a plain mean instead), and of bilinear `interpolate` and `grid_sample`); a job that meets one fails with
-  that message instead of silently differing;
+  (se_resnet18's SE blocks take a plain mean instead), and of bilinear `interpolate` and
+  `grid_sample`); a job that meets one fails with that message instead of silently differing;
 - `torch.backends.cudnn.benchmark = False` and `cudnn.deterministic = True`;
 - `CUBLAS_WORKSPACE_CONFIG=:4096:8` (cuBLAS reads it when CUDA initialises, so this must run
   before the first CUDA call: the worker calls it at process init, `FACEJOBS_DETERMINISTIC`).

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ml.align import AlignError, align_faces
+from ml.device_errors import raise_if_device_error
 from ml.embed_detect import Detection, FaceDetector, Prepared
 from ml.embed_io import DecodeLimits, Failure, decode_file
 from ml.embed_models import FaceModel
@@ -146,20 +147,21 @@ class Pipeline:
             yield i, key, fut.result()
 
     def _detect(self, batch: list[Prepared]) -> list[list[Detection] | Failure]:
-        """MTCNN on a batch; if the batch call fails, image by image, so one bad image costs one row."""
+        """MTCNN on a batch; if the batch call fails, image by image, so one bad image costs one row.
+
+        A device fault or out of memory is no fact about an image: it propagates (the worker hands
+        the job to a fresh process, or names the sizes to lower) instead of becoming `no_face` rows.
+        """
         try:
             return list(self.detector.detect(batch))
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except (RuntimeError, ValueError, IndexError):
-            pass
+        except (RuntimeError, ValueError, IndexError) as exc:
+            raise_if_device_error(exc)
         out: list[list[Detection] | Failure] = []
         for p in batch:
             try:
                 out.append(self.detector.detect([p])[0])
-            except torch.cuda.OutOfMemoryError:
-                raise
             except (RuntimeError, ValueError, IndexError) as exc:
+                raise_if_device_error(exc)
                 out.append(Failure("", "no_face", f"the detector failed on this image: {exc}"))
         return out
 

@@ -1,12 +1,11 @@
 """Fixtures shared by the whole suite.
 
 Service fixtures (PostgreSQL, Redis, S3) live in `tests/platform/conftest.py`; the ones here need
-no services: the real data folder beside the checkout and a CPU-friendly torch setup.
+no services: the real data folder beside the checkout, a CPU-friendly torch setup, and `need_gpu`.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +33,24 @@ def need_data(*parts: str) -> Path:
 
 
 def need_gpu() -> Any:
-    """The CUDA device, or skip (fail under FACEJOBS_REQUIRE_GPU=1) without one.
+    """The CUDA device, or skip (fail under FACEJOBS_REQUIRE_GPU=1) where torch sees none.
 
-    A `gpu` test calls this first, so on a GPU host that lost its GPU (or a CI job meant to run on
-    one) the smoke script's FACEJOBS_REQUIRE_GPU=1 turns the skip into a failure.
+    Every `gpu`-marked test calls it before it runs (`pytest_runtest_setup` below), so on a GPU host
+    the smoke script's FACEJOBS_REQUIRE_GPU=1 turns a broken CUDA setup into failures, not skips.
     """
-    import torch  # here, not at the top: the rest of the suite must not need (or load) torch for this
+    import torch
 
-    if torch.cuda.is_available():
-        return torch.device("cuda", 0)  # no CUDA call yet: deterministic mode may still be set after this
-    reason = "needs CUDA: torch sees no GPU on this host"
-    require = getattr(get_settings(), "require_gpu", None)
-    if require is None:  # until the settings object has the flag
-        require = os.environ.get("FACEJOBS_REQUIRE_GPU", "") == "1"
-    if require:
-        pytest.fail(reason + " (FACEJOBS_REQUIRE_GPU=1 forbids skipping)")
-    pytest.skip(reason)
+    if not torch.cuda.is_available():
+        reason = f"needs a CUDA device: torch {torch.__version__} (CUDA {torch.version.cuda}) sees none"
+        if get_settings().require_gpu:
+            pytest.fail(reason + " (FACEJOBS_REQUIRE_GPU=1 forbids skipping)")
+        pytest.skip(reason)
+    return torch.device("cuda")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("gpu") is not None:
+        need_gpu()
 
 
 @pytest.fixture(scope="session")

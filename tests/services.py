@@ -118,7 +118,8 @@ class Stack:
         log_path = log_path or self.home / f"worker-{name}.log"
         # Several workers share two cores here: one torch thread each, or their OpenMP threads spin
         # against each other (a 30x slowdown measured with three invert workers).
-        env = {**os.environ, "FACEJOBS_TORCH_THREADS": "1", **self.env, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "FACEJOBS_TORCH_THREADS": "1", "FACEJOBS_DEVICE": "cpu", **self.env, **(extra_env or {}),
+               "PYTHONUNBUFFERED": "1"}  # fmt: skip
         proc = subprocess.Popen(
             [sys.executable, "-m", "jobs.cli", "worker", "--queues", queues, "--name", name, "--concurrency", "1"],
             cwd=REPO, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,

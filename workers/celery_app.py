@@ -24,6 +24,9 @@ from jobs.store import reset_stores
 
 log = logging.getLogger(__name__)
 app = make_celery()
+# A pool child that applies deterministic mode imports torch in `worker_process_init`; Celery's 4 s
+# default for a child to come up is less than that import takes on a busy host.
+app.conf.worker_proc_alive_timeout = 120.0
 DRAIN = threading.Event()  # set in this process when the worker is told to shut down
 _main_threads: list[Any] = []
 
@@ -35,8 +38,14 @@ def _node(sender: Any) -> str:
 
 
 def _device_name() -> str:
-    visible = get_settings().cuda_visible_devices
-    return f"cuda (CUDA_VISIBLE_DEVICES={visible})" if visible not in (None, "", "-1") else "cpu"
+    """What the worker row shows; read from the settings, never by asking CUDA in the parent before the fork."""
+    settings = get_settings()
+    if settings.device == "cpu":
+        return "cpu"
+    visible = settings.cuda_visible_devices
+    if visible not in (None, "", "-1"):
+        return f"cuda (CUDA_VISIBLE_DEVICES={visible})"
+    return "cuda" if settings.device == "cuda" else "cpu"
 
 
 @signals.worker_process_init.connect
@@ -44,6 +53,12 @@ def _after_fork(**_: Any) -> None:
     # Pools and clients inherited from the parent must not be shared across the fork.
     dispose_engines()
     reset_stores()
+    if get_settings().deterministic:
+        # Before any CUDA work of this process: cuBLAS reads its workspace setting when CUDA starts.
+        from ml.determinism import set_deterministic
+
+        set_deterministic(True)
+        log.info("deterministic mode on in worker process %s", os.getpid())
 
 
 @signals.worker_ready.connect

@@ -15,7 +15,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -29,17 +29,28 @@ from jobs.settings import Settings, get_settings
 from jobs.states import JobStatus, claim, finish, requeue, utcnow
 from jobs.store import get_store
 from workers.context import JobContext
+from workers.device_faults import (
+    DeviceUnavailableError,
+    classify,
+    oom_message,
+    release_device_memory,
+    resolve_device,
+)
 from workers.runners import Preempted
 
 log = logging.getLogger(__name__)
 TRACEBACK_TAIL = 4000  # the most of an error message an event row keeps
 PUBLIC_DETAIL = 1000  # characters of an unexpected exception's text shown to the job's owner
+DEVICE_REQUEUE = "requeued: fatal device error"  # the event that counts a job's device-error requeues
 
 
 @dataclass
 class Outcome:
     status: str  # dropped | succeeded | failed | cancelled | requeued | lost
     detail: str = ""
+    # The device context of this process is broken: the task ends the process after recording the
+    # outcome, so Celery's pool starts a fresh one (see workers.tasks).
+    exit_process: bool = False
 
 
 class Heartbeat(threading.Thread):
@@ -65,13 +76,13 @@ class Heartbeat(threading.Thread):
                 log.exception("worker heartbeat failed (the job goes on)")
 
 
-def default_device(torch_threads: int | None = None) -> Any:
-    """The worker's device (its one visible GPU, else the CPU), with the CPU thread count applied."""
-    import torch
+def default_device(torch_threads: int | None = None, choice: str = "auto") -> Any:
+    """The worker's device from `FACEJOBS_DEVICE` (auto: its one visible GPU, else the CPU).
 
-    if torch_threads is not None and torch.get_num_threads() != torch_threads:
-        torch.set_num_threads(torch_threads)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    Raises:
+        DeviceUnavailableError: `cuda` where torch sees none (the job is handed back, not failed).
+    """
+    return resolve_device(choice, torch_threads)
 
 
 def worker_identity(node: str | None = None) -> tuple[str, str]:
@@ -125,17 +136,10 @@ def execute(
     beat.start()
     try:
         if ctx.device is None:
-            ctx.device = default_device(settings.torch_threads)
+            ctx.device = default_device(settings.torch_threads, settings.device)
         result = load_runner(spec)(ctx)
-    except Preempted:
-        return _stopped(ctx, db, spec.name)
-    except (TransientError, OperationalError) as exc:
-        # A store outage, or the database dropping the connection under a write: not the job's fault.
-        return _transient(ctx, db, exc)
     except Exception as exc:
-        if ctx.lease_lost:
-            return Outcome("lost", str(exc))
-        return _fail(db, job_id, attempt, owner, exc)
+        return _error_outcome(ctx, db, spec.name, exc)
     finally:
         beat.stopped.set()
         beat.join(5)
@@ -170,6 +174,78 @@ def _set_current(db: str, node: str, job_id: str | None) -> None:
             _mark_current(s, node, job_id)
     except Exception:
         log.exception("could not update worker %s", node)
+
+
+def _error_outcome(ctx: JobContext, db: str, kind: str, exc: Exception) -> Outcome:
+    """The one place where what a runner raised becomes the job's outcome.
+
+    - `Preempted`: the runner checkpointed because it was asked to stop (cancel, drain, lease lost).
+    - A store outage, or the database dropping the connection under a write: not the job's fault,
+      retried against its attempts.
+    - A fatal device error (`torch.AcceleratorError`, or `cuda` asked of a worker without one): not
+      the job's fault either, and this process can run nothing more on its device; the job goes back
+      to the queue without using an attempt and the process ends (Celery starts a fresh one).
+    - Out of device memory: the job's sizes are too big for this device; it fails at once, naming
+      the params of its kind to lower.
+    - Anything else fails the job with the error (bad input at once, bugs with their traceback).
+    """
+    if isinstance(exc, Preempted):
+        return _stopped(ctx, db, kind)
+    if isinstance(exc, TransientError | OperationalError):
+        return _transient(ctx, db, exc)
+    fault = classify(exc)
+    if fault == "fatal":
+        return _device_lost(ctx, db, kind, exc)
+    if ctx.lease_lost:
+        return Outcome("lost", str(exc))
+    if fault == "out_of_memory":
+        message = oom_message(kind, ctx.params, ctx.device, exc)
+        release_device_memory(exc)
+        return _fail(db, ctx.job_id, ctx.attempt, ctx.worker_id, exc, message=message)
+    return _fail(db, ctx.job_id, ctx.attempt, ctx.worker_id, exc)
+
+
+def _device_lost(ctx: JobContext, db: str, kind: str, exc: Exception) -> Outcome:
+    """Hand the job to a fresh process (not counted as an attempt), up to `max_device_error_requeues`."""
+    error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:500] if str(exc) else ''}"
+    log.error("job %s hit a fatal device error on %s: %s (this process exits)", ctx.job_id, ctx.worker_id, error)
+    if ctx.lease_lost:
+        return Outcome("lost", error, exit_process=True)
+    limit = ctx.settings.max_device_error_requeues
+    with session_scope(db) as s:
+        job = s.get(Job, ctx.job_id)
+        queue = job.queue if job else "gpu"
+        base = job.attempt_base if job else 0
+        earlier = s.scalar(
+            select(func.count()).select_from(JobEvent).where(
+                JobEvent.job_id == ctx.job_id, JobEvent.attempt > base, JobEvent.type == "error",
+                JobEvent.message.startswith(DEVICE_REQUEUE),
+            )
+        )  # fmt: skip
+    if (earlier or 0) >= limit:
+        processes = f"{limit + 1} worker process{'es' if limit else ''}"
+        if isinstance(exc, DeviceUnavailableError):
+            why = f"{processes} took it and found no usable device: fix those workers, or submit it to another queue"
+        else:
+            why = (
+                f"a fatal device error on each of {processes}: the job itself seems to trigger it (a device-side "
+                "assert usually means an index out of range, e.g. labels beyond the number of classes); run it "
+                "on the CPU (queue cpu) to see the error in plain words"
+            )
+        message = f"{error}\n\n{why}"
+        out = _fail(db, ctx.job_id, ctx.attempt, ctx.worker_id, exc, message=message)
+        out.exit_process = True
+        return out
+    with session_scope(db) as s:
+        ok = requeue(s, ctx.job_id, ctx.attempt, ctx.worker_id, preempted=True)
+    if ok:
+        _event(
+            db, ctx.job_id, ctx.attempt, "error",
+            f"{DEVICE_REQUEUE} on {ctx.worker_id} ({error}); a fresh worker process takes it over "
+            "(not counted as a failure)",
+        )  # fmt: skip
+        _send_again(db, ctx.job_id, kind, queue)
+    return Outcome("requeued", error, exit_process=True)
 
 
 def _stopped(ctx: JobContext, db: str, kind: str) -> Outcome:
@@ -217,8 +293,10 @@ def _send_again(db: str, job_id: str, kind: str, queue: str) -> None:
             s.execute(update(Job).where(Job.id == job_id).values(enqueued_at=None))
 
 
-def _fail(db: str, job_id: str, attempt: int, owner: str, exc: BaseException) -> Outcome:
-    if isinstance(exc, JobInputError):
+def _fail(db: str, job_id: str, attempt: int, owner: str, exc: BaseException, message: str | None = None) -> Outcome:
+    if message is not None:
+        pass  # said by the caller (device faults): no traceback, the message names the remedy
+    elif isinstance(exc, JobInputError):
         message = f"{exc}"
         if exc.__cause__ is not None:
             message += f"\n{exc.__cause__}"

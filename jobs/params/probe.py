@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic.json_schema import SkipJsonSchema
 
 from jobs.kindspec import KindSpec
+
+# Test knobs: accepted by the API but left out of `GET /kinds` (and so of the dashboard's form), and
+# stored only when set, so an ordinary probe's params read as they always did.
+HIDDEN = ("fault", "fault_attempts", "allocate_gib")
 
 
 class ProbeParams(BaseModel):
@@ -23,6 +30,29 @@ class ProbeParams(BaseModel):
     fail_with: str | None = Field(
         None, max_length=500, description="Fail on purpose with this message (tests the failure path)."
     )
+    fault: SkipJsonSchema[Literal["accelerator_error", "out_of_memory"] | None] = Field(
+        None,
+        description="Test only: raise a torch.AcceleratorError or torch.OutOfMemoryError (message: fail_with, "
+        "else torch's own wording) before the matmul, to exercise the worker's device-error handling.",
+    )
+    fault_attempts: SkipJsonSchema[int | None] = Field(
+        None, ge=1, le=100, description="Test only: fail_with/fault act on the first this many attempts only."
+    )
+    allocate_gib: SkipJsonSchema[float | None] = Field(
+        None,
+        gt=0,
+        le=1e6,
+        description="Test only: allocate this many GiB on the device before the matmul (beyond the GPU's memory: "
+        "a real out-of-memory error).",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_test_knobs(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name in HIDDEN:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
 
 KINDS = [

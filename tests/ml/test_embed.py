@@ -335,8 +335,7 @@ def test_a_model_trained_on_orl_faces_separates_identities(
     assert row["x1"] == pytest.approx(result.index[k]["x1"], abs=1e-3)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu  # need_gpu() runs first (tests/conftest.py): skips, or fails under FACEJOBS_REQUIRE_GPU=1
 def test_cuda_gives_the_cpu_results(orl_dir: Path) -> None:
     files = list_files(orl_dir)[:20]
     settings = EmbedSettings(detector=ORL_DETECTOR, flip_tta=True, chunk_size=8)

@@ -207,8 +207,7 @@ def test_bad_input_raises_warp_error() -> None:
         W.warp(images, "roi_tanh", roi=[[0, 0, 4, 4], [0, 0, 5, 5]])
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu  # need_gpu() runs first (tests/conftest.py): skips, or fails under FACEJOBS_REQUIRE_GPU=1
 def test_cuda_matches_cpu() -> None:
     images = torch.rand(3, 3, 40, 32, generator=torch.Generator().manual_seed(4))
     for space in WARPED:
