@@ -250,6 +250,11 @@ def _stack(
         )  # fmt: skip
     else:
         env = _embedded_env(home)
+    yield from serve_stack(name, env, home, monkeypatch)
+
+
+def serve_stack(name: str, env: dict[str, str], home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    """Build a stack, yield it, and stop its workers and clients afterwards (the body of a stack fixture)."""
     stack = build_stack(name, env, home, monkeypatch)
     try:
         yield stack

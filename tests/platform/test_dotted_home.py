@@ -20,7 +20,7 @@ import pytest
 from api.client import Client
 from jobs.models import Dataset
 from tests.api.factories import make_zip, upload
-from tests.services import Stack, _embedded_env, build_stack, reset_process_state
+from tests.services import Stack, _embedded_env, serve_stack
 
 PEOPLE = [f"s{i}" for i in range(1, 11)]
 IMAGES = range(1, 9)  # 8 of each person's 10: 80 images
@@ -49,14 +49,7 @@ def checkout_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     """The embedded stack (SQLite, local folder, SQLite broker) with `make up`'s home: `<checkout>/.facejobs`."""
     home = tmp_path / "facejobs-clone" / ".facejobs"
     home.mkdir(parents=True)
-    stack = build_stack("embedded", _embedded_env(home), home, monkeypatch)
-    try:
-        yield stack
-    finally:
-        stack.stop_workers()
-        stack.client.close()
-        stack.other.close()
-        reset_process_state()
+    yield from serve_stack("embedded", _embedded_env(home), home, monkeypatch)
 
 
 def _submit(stack: Stack, kind: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
