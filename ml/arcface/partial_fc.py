@@ -185,7 +185,10 @@ class PartialFCLoss(nn.Module):
         local = (all_labels >= self.start) & (all_labels < self.stop)
         target = torch.where(local, position[(all_labels - self.start).clamp(0, self.stop - self.start - 1)], -1)
         weight = self.weight if index.numel() == self.stop - self.start else self.weight[:, index]
-        cosine = F.normalize(all_emb, dim=1) @ F.normalize(weight, dim=0)
+        # Dividing the (N, C_local) product by the column norms equals normalising W's columns
+        # first (PML), without a normalised (d, C_local) copy of W and its backward temporaries.
+        inv_norm = weight.norm(dim=0).clamp_min(1e-12).reciprocal()
+        cosine = (F.normalize(all_emb, dim=1) @ weight) * inv_norm
         rows = torch.nonzero(target >= 0).squeeze(1)
         cols = target[rows]
         cos_t = cosine[rows, cols]
