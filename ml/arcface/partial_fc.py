@@ -179,12 +179,18 @@ class PartialFCLoss(nn.Module):
         self._calls += 1
         all_emb, all_labels = self._gather(embeddings, labels)
         index = self._sample(all_labels, step)
-        # Position of each local column among the sampled ones; -1 where not sampled.
-        position = torch.full((self.stop - self.start,), -1, dtype=torch.long, device=index.device)
-        position[index] = torch.arange(index.numel(), device=index.device)
+        num_local = self.stop - self.start
         local = (all_labels >= self.start) & (all_labels < self.stop)
-        target = torch.where(local, position[(all_labels - self.start).clamp(0, self.stop - self.start - 1)], -1)
-        weight = self.weight if index.numel() == self.stop - self.start else self.weight[:, index]
+        offset = (all_labels - self.start).clamp(0, num_local - 1)
+        weight: torch.Tensor = self.weight
+        if index.numel() == num_local:
+            target = torch.where(local, offset, -1)
+        else:
+            # Position of each local column among the sampled ones; -1 where not sampled (never
+            # for a positive, which sampling always keeps).
+            position = torch.full((num_local,), -1, dtype=torch.long, device=index.device)
+            position[index] = torch.arange(index.numel(), device=index.device)
+            weight, target = self.weight[:, index], torch.where(local, position[offset], -1)
         # Dividing the (N, C_local) product by the column norms equals normalising W's columns
         # first (PML), without a normalised (d, C_local) copy of W and its backward temporaries.
         inv_norm = weight.norm(dim=0).clamp_min(1e-12).reciprocal()
