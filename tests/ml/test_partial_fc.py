@@ -30,6 +30,8 @@ from ml.arcface.shards import (
     shard_range,
     split_columns,
 )
+from ml.backbones import create_backbone
+from ml.embedding_model import Normalization, load_trained, save_trained
 
 WORLD = 2
 DIM = 8
@@ -215,6 +217,32 @@ def test_bad_batches_fail_on_every_rank_with_a_message(gloo_ranks: list[dict[str
     for result in gloo_ranks:
         assert result["label_out_of_range"] == ("labels [11] are outside [0, 11): check the dataset's classes")
         assert result["uneven_batches"] == "ranks sent batches of [2, 3] rows: use one batch size"
+
+
+def test_the_gathered_weight_saves_and_loads_in_the_one_gpu_format(
+    gloo_ranks: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """What rank 0 gathers is the arcface.pt of a 1-GPU run: `load_trained` takes it unchanged."""
+    num_classes = SCENARIOS["exact"][0]
+    kwargs = {"in_channels": 1, "input_size": 32, "embedding_size": DIM, "base_width": 8}
+    config = {
+        "backbone": "se_resnet18",
+        "backbone_kwargs": kwargs,
+        "image_size": [32, 32],
+        "in_channels": 1,
+        "normalize": Normalization.uniform(1).to_json(),
+        "warp": "none",
+        "margin": 28.6,
+        "scale": 64.0,
+    }
+    gathered = gloo_ranks[0]["exact"]["gathered"]
+    names = [f"id{c}" for c in range(num_classes)]
+    save_trained(tmp_path, create_backbone("se_resnet18", **kwargs), gathered, config, names)
+    _, weight, loaded = load_trained(tmp_path)
+    assert torch.equal(weight, gathered) and weight.shape == (DIM, num_classes)
+    assert loaded["num_classes"] == num_classes and loaded["class_names"] == names
+    expected = split_columns(batch(num_classes, 12, SCENARIOS["exact"][1], seed=len("exact"))["weight"], WORLD)
+    assert all(torch.equal(a, b) for a, b in zip(reshard([weight], WORLD), expected, strict=True))
 
 
 def test_a_two_rank_checkpoint_resharded_to_one_rank_gives_the_same_loss() -> None:
