@@ -76,6 +76,9 @@ class _ShardedSoftmaxCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, target: torch.Tensor, group: ProcessGroup | None) -> torch.Tensor:
         distributed = world_of(group)[0] > 1
+        ctx.input_dtype = logits.dtype
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()  # a sum of C exponentials needs more than a half's precision
         with torch.no_grad():
             row_max = logits.max(dim=1).values
             if distributed:
@@ -101,7 +104,7 @@ class _ShardedSoftmaxCE(torch.autograd.Function):
         scale = grad_loss / softmax.shape[0]
         grad = softmax * scale
         grad[rows, target[rows]] -= scale
-        return grad, None, None
+        return grad.to(ctx.input_dtype), None, None
 
 
 class PartialFCLoss(nn.Module):
@@ -218,6 +221,8 @@ class PartialFCLoss(nn.Module):
                     f"rank {rank} sent embeddings of {ndim} dims, width {d}, with {n_labels} labels for {n} "
                     f"rows: each rank needs (n, {self.embedding_size}) embeddings and n labels"
                 )
+            if n == 0:
+                raise PartialFCError(f"rank {rank} sent an empty batch: every rank needs at least one row")
             if n != shapes[0][1].item():
                 raise PartialFCError(f"ranks sent batches of {[s[1].item() for s in shapes]} rows: use one batch size")
         labels = labels.reshape(-1).to(device=embeddings.device, dtype=torch.long)

@@ -307,6 +307,10 @@ def test_bad_sample_rate_and_shard_shape_are_refused() -> None:
         PartialFCLoss(10, DIM, sample_rate=0.0)
     with pytest.raises(PartialFCError, match=r"its weight must be \(8, 10\), got \(8, 9\)"):
         PartialFCLoss(10, DIM, weight=torch.zeros(DIM, 9))
+    with pytest.raises(PartialFCError, match="rank 0 sent an empty batch"):
+        PartialFCLoss(10, DIM)(torch.zeros(0, DIM), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(PartialFCError, match=r"each rank needs \(n, 8\) embeddings and n labels"):
+        PartialFCLoss(10, DIM)(torch.zeros(3, DIM + 1), torch.zeros(3, dtype=torch.long))
     assert math.isclose(PartialFCLoss(10, DIM).margin, math.radians(28.6))
 
 
