@@ -208,10 +208,8 @@ class PartialFCLoss(nn.Module):
 
     def _gather(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The global batch, after checks every rank makes on the same gathered shapes."""
-        shape = torch.tensor(
-            [embeddings.dim(), embeddings.shape[0], embeddings.shape[-1] if embeddings.dim() else 0, labels.numel()],
-            device=embeddings.device,
-        )
+        rows, width = (embeddings.shape[0], embeddings.shape[-1]) if embeddings.dim() else (0, 0)
+        shape = torch.tensor([embeddings.dim(), rows, width, labels.numel()], device=embeddings.device)
         shapes = [shape] if self.world_size == 1 else [torch.empty_like(shape) for _ in range(self.world_size)]
         if self.world_size > 1:
             dist.all_gather(shapes, shape, group=self.group)

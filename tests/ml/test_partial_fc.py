@@ -311,6 +311,8 @@ def test_bad_sample_rate_and_shard_shape_are_refused() -> None:
         PartialFCLoss(10, DIM)(torch.zeros(0, DIM), torch.zeros(0, dtype=torch.long))
     with pytest.raises(PartialFCError, match=r"each rank needs \(n, 8\) embeddings and n labels"):
         PartialFCLoss(10, DIM)(torch.zeros(3, DIM + 1), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(PartialFCError, match="rank 0 sent embeddings of 0 dims, width 0, with 1 labels for 0 rows"):
+        PartialFCLoss(10, DIM)(torch.tensor(1.0), torch.tensor(3))
     assert math.isclose(PartialFCLoss(10, DIM).margin, math.radians(28.6))
 
 
