@@ -1,0 +1,1 @@
+"""Sharded ArcFace ("partial FC"): class weights split across `torch.distributed` ranks."""

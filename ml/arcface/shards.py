@@ -1,0 +1,120 @@
+"""Column shards of the ArcFace class-weight matrix W (d, C): who holds what, gather, re-shard.
+
+W has pytorch-metric-learning's `ArcFaceLoss.W` layout, one column per class. With `world_size`
+ranks, rank r holds the contiguous columns `shard_range(C, world_size, r)`; the first `C %
+world_size` ranks take one column more, so every rank's shard differs by at most one column. The
+same functions serve any tensor laid out like W (an optimiser's momentum buffer for it, say), so a
+checkpoint's shards of W and of its optimiser state re-shard alike.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch.distributed import ProcessGroup
+
+
+class ShardError(ValueError):
+    """Shards that do not fit the requested layout (wrong count, sizes or embedding size)."""
+
+
+def shard_range(num_classes: int, world_size: int, rank: int) -> tuple[int, int]:
+    """The columns `[start, stop)` of W that `rank` holds among `world_size` ranks.
+
+    Raises:
+        ShardError: fewer classes than ranks (a rank would hold nothing) or a rank out of range.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ShardError(f"rank {rank} is not in a world of {world_size} ranks")
+    if num_classes < world_size:
+        raise ShardError(f"{num_classes} classes cannot be sharded over {world_size} ranks: use at most {num_classes}")
+    base, extra = divmod(num_classes, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def shard_columns(full: torch.Tensor, world_size: int, rank: int) -> torch.Tensor:
+    """Rank `rank`'s shard of a full (d, C) tensor, as a fresh contiguous tensor."""
+    if full.dim() != 2:
+        raise ShardError(f"expected a (d, C) matrix, got shape {tuple(full.shape)}")
+    start, stop = shard_range(full.shape[1], world_size, rank)
+    return full[:, start:stop].clone()
+
+
+def split_columns(full: torch.Tensor, world_size: int) -> list[torch.Tensor]:
+    """Every rank's shard of a full (d, C) tensor, rank 0 first."""
+    return [shard_columns(full, world_size, rank) for rank in range(world_size)]
+
+
+def join_columns(shards: list[torch.Tensor]) -> torch.Tensor:
+    """The full (d, C) tensor from all ranks' shards, rank 0 first (the 1-GPU layout).
+
+    Raises:
+        ShardError: the shards do not have the sizes `shard_range` gives for their count, so they
+            are out of order, from different runs, or missing one.
+    """
+    if not shards:
+        raise ShardError("no shards to join")
+    dims = {s.shape[0] for s in shards if s.dim() == 2}
+    if len(dims) != 1 or any(s.dim() != 2 for s in shards):
+        raise ShardError(f"shards must be (d, C_r) with one d, got shapes {[tuple(s.shape) for s in shards]}")
+    num_classes = sum(s.shape[1] for s in shards)
+    for rank, shard in enumerate(shards):
+        start, stop = shard_range(num_classes, len(shards), rank)
+        if shard.shape[1] != stop - start:
+            raise ShardError(
+                f"shard {rank} has {shard.shape[1]} columns, expected {stop - start} of {num_classes} "
+                f"over {len(shards)} ranks: pass every rank's shard in rank order"
+            )
+    return torch.cat(shards, dim=1)
+
+
+def reshard(shards: list[torch.Tensor], world_size: int) -> list[torch.Tensor]:
+    """A checkpoint's shards (one per old rank, in rank order) laid out for `world_size` ranks."""
+    return split_columns(join_columns(shards), world_size)
+
+
+def gather_columns(local: torch.Tensor, num_classes: int, group: ProcessGroup | None = None) -> torch.Tensor:
+    """The full (d, C) tensor on every rank from each rank's shard (collective: all ranks call it).
+
+    Shards differ by up to one column and all_gather wants equal sizes, so each shard is padded to
+    the largest and trimmed after.
+    """
+    world_size = dist.get_world_size(group) if dist.is_initialized() else 1
+    if world_size == 1:
+        return local.detach().clone()
+    rank = dist.get_rank(group)
+    start, stop = shard_range(num_classes, world_size, rank)
+    if local.dim() != 2 or local.shape[1] != stop - start:
+        raise ShardError(f"rank {rank} holds shape {tuple(local.shape)}, expected (d, {stop - start})")
+    widest = shard_range(num_classes, world_size, 0)[1]
+    padded = torch.zeros(local.shape[0], widest, dtype=local.dtype, device=local.device)
+    padded[:, : local.shape[1]] = local.detach()
+    parts = [torch.empty_like(padded) for _ in range(world_size)]
+    dist.all_gather(parts, padded, group=group)
+    sizes = [b - a for a, b in (shard_range(num_classes, world_size, r) for r in range(world_size))]
+    return torch.cat([part[:, :size] for part, size in zip(parts, sizes, strict=True)], dim=1)
+
+
+@torch.no_grad()
+def sgd_step_columns_(
+    weight: torch.Tensor,
+    grad: torch.Tensor,
+    momentum_buffer: torch.Tensor,
+    index: torch.Tensor,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+) -> None:
+    """One SGD-with-momentum step on the columns `index` of a shard only, in place.
+
+    With negative sampling the other columns took no part in the step; `torch.optim.SGD` would
+    still move them by their momentum and weight decay. This is `torch.optim.SGD`'s update
+    (dampening 0, not Nesterov) restricted to `index`, with a zero-initialised buffer.
+    """
+    g = grad[:, index]
+    if weight_decay:
+        g = g + weight_decay * weight[:, index]
+    buf = momentum_buffer[:, index].mul_(momentum).add_(g)
+    momentum_buffer[:, index] = buf
+    weight[:, index] = weight[:, index] - lr * buf
