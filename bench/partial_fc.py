@@ -33,10 +33,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# `python bench/partial_fc.py` puts bench/ first on sys.path, where bench/queue.py would shadow the
-# standard library's `queue` that torch imports; the repository root goes there instead.
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402

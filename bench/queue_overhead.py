@@ -1,6 +1,6 @@
 """Queue overhead: the cheapest job's round trip through facejobs next to raw Celery, and claims at scale.
 
-    python bench/queue.py [--quick] [--json PATH] [--device D] [--processes 1,4,16] [--poll-ms MS]
+    python bench/queue_overhead.py [--quick] [--json PATH] [--device D] [--processes 1,4,16] [--poll-ms MS]
 
 Measured, in one run, on a PostgreSQL database created for the run and the machine's Redis (a key
 prefix of its own), with the workers' Celery settings (late acks, prefetch 1) on both sides:
@@ -28,11 +28,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# `python bench/queue.py` puts bench/ first on sys.path, where this file would shadow the standard
-# library's `queue` (which kombu and httpx import): the repository root takes its place.
+# Named queue_overhead, not queue: `python bench/X.py` puts bench/ first on sys.path, where a
+# bench/queue.py shadowed the standard library's `queue` for every bench (torch, kombu, httpx import it).
 REPO = Path(__file__).resolve().parent.parent
-if sys.path and Path(sys.path[0] or ".").resolve() == REPO / "bench":
-    sys.path[0] = str(REPO)
+sys.path.insert(0, str(REPO))
 
 import argparse  # noqa: E402
 import json  # noqa: E402
