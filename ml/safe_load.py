@@ -88,7 +88,7 @@ def _scan_globals(source: Path | bytes) -> list[str]:
 
 
 def _reason(exc: Exception) -> str:
-    """torch's own reason for a failed load, without its advice to load with weights_only=False."""
+    """torch's own reason for a failed load, without its advice to turn the weights-only check off."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     useful = [
         ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the documentation", "Please file"))

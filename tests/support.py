@@ -57,3 +57,20 @@ def app_routes(app: Any) -> set[tuple[str, str]]:
         assert methods, f"route {path} answers no method: classify it by hand in tests/support.py"
         routes |= {(m, path) for m in methods if m != "HEAD"}
     return routes
+
+
+def model_config(backbone_kwargs: dict[str, Any], size: int, channels: int = 1) -> dict[str, Any]:
+    """The config `ml.embedding_model.save_trained` needs for an se_resnet18 of `backbone_kwargs` on
+    `size` x `size` images with uniform normalisation, no warp and the default ArcFace margin and scale."""
+    from ml.embedding_model import Normalization
+
+    return {
+        "backbone": "se_resnet18",
+        "backbone_kwargs": dict(backbone_kwargs),
+        "image_size": [size, size],
+        "in_channels": channels,
+        "normalize": Normalization.uniform(channels).to_json(),
+        "warp": "none",
+        "margin": 28.6,
+        "scale": 64.0,
+    }

@@ -19,7 +19,7 @@ from facenet_pytorch import InceptionResnetV1
 
 from ml.backbones import create_backbone
 from ml.callbacks import LocalCallbacks
-from ml.embedding_model import Normalization, save_trained
+from ml.embedding_model import save_trained
 from ml.gan.common import GANConfigError
 from ml.gan.compare import evaluate
 from ml.gan.dcgan import DCGANGenerator
@@ -33,6 +33,7 @@ from ml.gan.perceptual import (
 )
 from ml.gan.recover import Recovery
 from ml.gan.train_encoder import EncoderConfig, train_encoder
+from tests.support import model_config
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -100,16 +101,7 @@ def test_a_trained_backbone_folder_gives_stage_features(tmp_path: Path) -> None:
     torch.manual_seed(0)
     kwargs = {"in_channels": 1, "input_size": 32, "embedding_size": 24, "base_width": 8}
     backbone = create_backbone("se_resnet18", **kwargs).eval()
-    config = {
-        "backbone": "se_resnet18",
-        "backbone_kwargs": kwargs,
-        "image_size": [32, 32],
-        "in_channels": 1,
-        "normalize": Normalization.uniform(1).to_json(),
-        "warp": "none",
-        "margin": 28.6,
-        "scale": 64.0,
-    }
+    config = model_config(kwargs, 32)
     save_trained(tmp_path, backbone, torch.randn(24, 3), config, ["a", "b", "c"])
     face = load_face_network(tmp_path)
     assert face.kind == "backbone" and face.layers == stage_ends(face.net)

@@ -31,7 +31,8 @@ from ml.arcface.shards import (
     split_columns,
 )
 from ml.backbones import create_backbone
-from ml.embedding_model import Normalization, load_trained, save_trained
+from ml.embedding_model import load_trained, save_trained
+from tests.support import model_config
 
 WORLD = 2
 DIM = 8
@@ -225,16 +226,7 @@ def test_the_gathered_weight_saves_and_loads_in_the_one_gpu_format(
     """What rank 0 gathers is the arcface.pt of a 1-GPU run: `load_trained` takes it unchanged."""
     num_classes = SCENARIOS["exact"][0]
     kwargs = {"in_channels": 1, "input_size": 32, "embedding_size": DIM, "base_width": 8}
-    config = {
-        "backbone": "se_resnet18",
-        "backbone_kwargs": kwargs,
-        "image_size": [32, 32],
-        "in_channels": 1,
-        "normalize": Normalization.uniform(1).to_json(),
-        "warp": "none",
-        "margin": 28.6,
-        "scale": 64.0,
-    }
+    config = model_config(kwargs, 32)
     gathered = gloo_ranks[0]["exact"]["gathered"]
     names = [f"id{c}" for c in range(num_classes)]
     save_trained(tmp_path, create_backbone("se_resnet18", **kwargs), gathered, config, names)

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from ml.backbones import create_backbone
-from ml.embedding_model import Normalization, save_trained
+from ml.embedding_model import save_trained
+from tests.support import model_config
 
 TINY_KWARGS: dict[str, Any] = {"base_width": 4, "embedding_size": 8, "in_channels": 1, "input_size": [16, 16]}
 CLASS_NAMES = ["zero", "one", "two"]
@@ -36,16 +37,7 @@ def tiny_model(folder: Path) -> dict[str, Path]:
     """A real trained-model folder (backbone.pt, arcface.pt, config.json) as `save_trained` writes it."""
     torch.manual_seed(0)
     backbone = create_backbone("se_resnet18", **TINY_KWARGS)
-    config = {
-        "backbone": "se_resnet18",
-        "backbone_kwargs": dict(TINY_KWARGS),
-        "image_size": [16, 16],
-        "in_channels": 1,
-        "normalize": Normalization.uniform(1).to_json(),
-        "warp": "none",
-        "margin": 28.6,
-        "scale": 64.0,
-    }
+    config = model_config(TINY_KWARGS, 16)
     return save_trained(folder, backbone, torch.randn(8, len(CLASS_NAMES)), config, CLASS_NAMES)
 
 
