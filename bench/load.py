@@ -100,6 +100,16 @@ def start_server(cmd: list[str], env: dict[str, str], port: int, log: Path) -> s
     raise SystemExit(f"server on port {port} did not start; see {log}")
 
 
+def stack_env(home: Path, db_url: str, prefix: str) -> dict[str, str]:
+    """The environment of a bench's own facejobs: its database, its Redis key prefix, a local store."""
+    return {
+        **os.environ, "FACEJOBS_ENV": "test", "FACEJOBS_HOME": str(home), "FACEJOBS_DATABASE_URL": db_url,
+        "FACEJOBS_BROKER_URL": REDIS_URL, "FACEJOBS_BROKER_KEY_PREFIX": prefix,
+        "FACEJOBS_BROKER_FALLBACK_EMBEDDED": "false", "FACEJOBS_STORE_BACKEND": "local",
+        "FACEJOBS_KEY_PEPPER": secrets.token_hex(16), "PYTHONPATH": str(REPO),
+    }  # fmt: skip
+
+
 def create_database() -> tuple[str, str]:
     from sqlalchemy import create_engine, text
 
@@ -265,12 +275,7 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="facejobs-bench-"))
     prefix = f"facejobs-bench-{os.getpid()}-{secrets.token_hex(3)}:"
     db_name, db_url = create_database()
-    env = {
-        **os.environ, "FACEJOBS_ENV": "test", "FACEJOBS_HOME": str(home), "FACEJOBS_DATABASE_URL": db_url,
-        "FACEJOBS_BROKER_URL": REDIS_URL, "FACEJOBS_BROKER_KEY_PREFIX": prefix,
-        "FACEJOBS_BROKER_FALLBACK_EMBEDDED": "false", "FACEJOBS_STORE_BACKEND": "local",
-        "FACEJOBS_DB_POOL_SIZE": str(DB_POOL_SIZE), "FACEJOBS_KEY_PEPPER": secrets.token_hex(16),
-    }  # fmt: skip
+    env = {**stack_env(home, db_url, prefix), "FACEJOBS_DB_POOL_SIZE": str(DB_POOL_SIZE)}
     os.environ.update(env)  # this process creates the key and counts the rows with the same settings
     procs: list[subprocess.Popen[bytes]] = []
     try:

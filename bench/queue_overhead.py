@@ -47,7 +47,7 @@ from typing import Any  # noqa: E402
 
 import httpx  # noqa: E402
 
-from bench.load import REDIS_URL, create_database, delete_redis_keys, drop_database, free_port, start_server  # noqa: E402
+from bench.load import REDIS_URL, create_database, delete_redis_keys, drop_database, free_port, stack_env, start_server  # noqa: E402
 
 PARAMS = {"matmul_size": 16, "matmul_repeats": 1}
 RAW_TASK = "bench.echo"
@@ -282,12 +282,7 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="facejobs-queue-bench-"))
     prefix = f"facejobs-qbench-{os.getpid()}-{secrets.token_hex(3)}:"
     db_name, db_url = create_database()
-    env = {
-        **os.environ, "FACEJOBS_ENV": "test", "FACEJOBS_HOME": str(home), "FACEJOBS_DATABASE_URL": db_url,
-        "FACEJOBS_BROKER_URL": REDIS_URL, "FACEJOBS_BROKER_KEY_PREFIX": prefix,
-        "FACEJOBS_BROKER_FALLBACK_EMBEDDED": "false", "FACEJOBS_STORE_BACKEND": "local",
-        "FACEJOBS_KEY_PEPPER": secrets.token_hex(16), "PYTHONPATH": str(REPO),
-    }  # fmt: skip
+    env = stack_env(home, db_url, prefix)
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     os.environ.update(env)
