@@ -1,4 +1,4 @@
-"""Benchmark of bulk face embedding (`ml.embed.embed_dataset`) against its baselines.
+"""Benchmark of bulk face embedding (`ml.faces.embed.embed_dataset`) against its baselines.
 
     python bench/embed.py [--quick] [--json PATH] [--orl DIR] [--device cpu|cuda]
 
@@ -35,12 +35,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import add_device_arg, device_from, device_name, sync  # noqa: E402
-from ml.align import align_faces  # noqa: E402
-from ml.callbacks import LocalCallbacks  # noqa: E402
-from ml.embed import EmbedSettings, embed_dataset  # noqa: E402
-from ml.embed_detect import DetectorSettings, FaceDetector  # noqa: E402
-from ml.embed_io import DecodeLimits, decode_file, list_files  # noqa: E402
-from ml.embed_models import load_facenet  # noqa: E402
+from ml.core.callbacks import LocalCallbacks  # noqa: E402
+from ml.faces.align import align_faces  # noqa: E402
+from ml.faces.decode import DecodeLimits, decode_file, list_files  # noqa: E402
+from ml.faces.detect import DetectorSettings, FaceDetector  # noqa: E402
+from ml.faces.embed import EmbedSettings, embed_dataset  # noqa: E402
+from ml.faces.models import load_facenet  # noqa: E402
 
 
 def default_orl() -> Path:

@@ -1,4 +1,4 @@
-"""Benchmark of model inversion: facejobs' `ml.invert` against a plain reference loop.
+"""Benchmark of model inversion: facejobs' `ml.invert.inversion` against a plain reference loop.
 
     python bench/invert.py [--quick] [--json PATH] [--variants] [--device cpu|cuda]
 
@@ -10,7 +10,7 @@ Each configuration times
   separately per BN layer and build each layer's loss inside the hook, pytorch-metric-learning's
   ArcFaceLoss module, weights left trainable, a `.item()` every step for logging), the way the
   public inversion code is written; no platform, no fusions;
-- `facejobs`: `ml.invert.invert` with its defaults (LocalCallbacks writing checkpoints to disk at
+- `facejobs`: `ml.invert.inversion.invert` with its defaults (LocalCallbacks writing checkpoints to disk at
   the default interval), timed between its progress reports so set-up and the final metrics pass
   are left out;
 - with `--variants`: ablations of the plain loop (frozen weights, fused statistics) and facejobs
@@ -43,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import add_device_arg, default_device, device_from, device_name, sync
 from ml.backbones import create_backbone
-from ml.callbacks import LocalCallbacks
-from ml.invert import InversionConfig, invert
+from ml.core.callbacks import LocalCallbacks
+from ml.invert.inversion import InversionConfig, invert
 
 CLASSES, PER_CLASS, EMBEDDING = 10, 4, 512
 SIZES = {32: 1, 112: 3}  # side -> channels
@@ -145,7 +145,7 @@ def facejobs_run(
     progress_every: int,
     **overrides: Any,
 ) -> dict[str, float]:
-    """`ml.invert`'s iterations per second between its first and last progress report.
+    """`ml.invert.inversion`'s iterations per second between its first and last progress report.
 
     Checkpoints (every `checkpoint_every` steps, all inside that window) are timed by `invert`
     itself and taken out of the rate, so one run gives both the step rate and the checkpoint cost.

@@ -8,7 +8,7 @@
    else se_resnet18 trained with ArcFace on MNIST with the recipe of `tests/ml/conftest.py`.
 2. An independent reference classifier (LeNet-5: a different architecture, trained here on MNIST
    for a few epochs, never shown the inverted model).
-3. `ml.invert` on every digit; at every checkpoint (`--eval-every`) the images are scored:
+3. `ml.invert.inversion` on every digit; at every checkpoint (`--eval-every`) the images are scored:
    (a) the fraction the inverted model assigns to their target class, and its mean target
    probability; (b) the fraction LeNet assigns to their target class.
 
@@ -41,10 +41,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import add_device_arg, device_from, device_name
-from ml.callbacks import LocalCallbacks
+from ml.arcface.model import Normalization, load_trained
+from ml.core.callbacks import LocalCallbacks
 from ml.data import load_mnist
-from ml.embedding_model import Normalization, load_trained
-from ml.invert import InversionConfig, invert
+from ml.invert.inversion import InversionConfig, invert
 
 # The recipe of tests/ml/conftest.py's `mnist_arcface` fixture.
 RECIPE: dict[str, Any] = {
@@ -190,7 +190,7 @@ def main() -> None:
     t0 = time.perf_counter()
     model_dir = args.model
     if model_dir is None:
-        from ml.train_embedding import TrainConfig, save_trained, train_embedding
+        from ml.arcface.train import TrainConfig, save_trained, train_embedding
 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as the fixture does: the trained model depends on the thread count

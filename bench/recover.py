@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import add_device_arg, device_from, device_name, sync
-from ml.callbacks import LocalCallbacks
+from ml.core.callbacks import LocalCallbacks
 from ml.gan.compare import MethodSpec, evaluate, method_specs, run_method
 from ml.gan.encoder import load_encoder
 from ml.gan.generator import load_generator, sample_latent

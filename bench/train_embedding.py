@@ -12,7 +12,7 @@ capped at --samples):
 - `plain`: the loop below: build model, loss and optimizer, normalise the images once, shuffle,
   forward/backward/step, `loss.item()` per step, one `torch.save` of the model and W at the end;
   no checkpoints, no progress reports, no platform;
-- `platform`: `ml.train_embedding.train_embedding` called with a real `workers.context.JobContext`
+- `platform`: `ml.arcface.train.train_embedding` called with a real `workers.context.JobContext`
   (an embedded-stack SQLite database and local store in a temporary folder, a claimed job, the
   worker's heartbeat thread renewing the lease): config and data validation, the split, per-step
   progress (throttled database writes) with training accuracy, a full checkpoint (model, W,
@@ -49,9 +49,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import add_device_arg, device_from, device_name, sync  # noqa: E402
+from ml.arcface.train import TrainConfig, train_embedding  # noqa: E402
 from ml.backbones import create_backbone  # noqa: E402
 from ml.data import ImageDataset, load_digits, load_mnist, make_split  # noqa: E402
-from ml.train_embedding import TrainConfig, train_embedding  # noqa: E402
 
 BACKBONES = ("se_resnet18", "iresnet18")
 SIDE, EMBEDDING, BATCH, SEED = 32, 128, 128, 0

@@ -2,7 +2,7 @@
 
 `jobs.torch_pickle.read_tree` reads the file as data (nothing in it runs; refused globals are named);
 `check_weights_file(path, kind, name)` then checks the tree against what the worker will load
-(`ml/embed_models.py` and `ml/gan/perceptual.py` for `facenet`, `ml/embedding_model.py` for
+(`ml/faces/models.py` and `ml/gan/perceptual.py` for `facenet`, `ml/arcface/model.py` for
 `backbone`). The worker reads it again with `weights_only=True` and checks every tensor's name,
 shape and dtype against the network.
 """
@@ -26,9 +26,9 @@ from jobs.torch_pickle import (
     read_tree,
 )
 
-BACKBONE_FORMAT = "facejobs.embedding/1"  # ml/embedding_model.py FORMAT
-WARPS = ("none", "roi_tanh", "roi_tanh_polar", "roi_tanh_circular")  # ml/embedding_model.py WARPS
-MAX_IMAGE_SIDE = 1024  # ml/embedding_model.py MAX_IMAGE_SIDE
+BACKBONE_FORMAT = "facejobs.embedding/1"  # ml/arcface/model.py FORMAT
+WARPS = ("none", "roi_tanh", "roi_tanh_polar", "roi_tanh_circular")  # ml/arcface/model.py WARPS
+MAX_IMAGE_SIDE = 1024  # ml/arcface/model.py MAX_IMAGE_SIDE
 PLAIN = (str, int, float, bool, type(None))
 __all__ = ["TensorInfo", "WeightsFileError", "check_weights_file"]
 
@@ -67,7 +67,7 @@ def _plain_kwarg(value: Any) -> bool:
 
 
 def _check_backbone(tree: Any, name: str) -> dict[str, TensorInfo]:
-    """A facejobs backbone file: the architecture header `ml.embedding_model.save_trained` writes."""
+    """A facejobs backbone file: the architecture header `ml.arcface.model.save_trained` writes."""
     if not isinstance(tree, Mapping) or "state_dict" not in tree or "backbone" not in tree:
         raise WeightsFileError(
             f"{name} is not a facejobs backbone file: a backbone upload is the backbone.pt a train_embedding job "
@@ -100,7 +100,7 @@ def _check_backbone(tree: Any, name: str) -> dict[str, TensorInfo]:
 
 
 def _check_facenet(tree: Any, name: str) -> dict[str, TensorInfo]:
-    """InceptionResnetV1 weights: a state dict, or {"state_dict": ...} (`ml.safe_load.facenet_state_dict`)."""
+    """InceptionResnetV1 weights: a state dict, or {"state_dict": ...} (`ml.core.safe_load.facenet_state_dict`)."""
     if isinstance(tree, Mapping) and isinstance(tree.get("state_dict"), Mapping):
         tree = tree["state_dict"]
     return _tensor_dict(tree, name, "the state dict")

@@ -60,9 +60,9 @@ def app_routes(app: Any) -> set[tuple[str, str]]:
 
 
 def model_config(backbone_kwargs: dict[str, Any], size: int, channels: int = 1) -> dict[str, Any]:
-    """The config `ml.embedding_model.save_trained` needs for an se_resnet18 of `backbone_kwargs` on
+    """The config `ml.arcface.model.save_trained` needs for an se_resnet18 of `backbone_kwargs` on
     `size` x `size` images with uniform normalisation, no warp and the default ArcFace margin and scale."""
-    from ml.embedding_model import Normalization
+    from ml.arcface.model import Normalization
 
     return {
         "backbone": "se_resnet18",

@@ -55,7 +55,7 @@ def _after_fork(**_: Any) -> None:
     reset_stores()
     if get_settings().deterministic:
         # Before any CUDA work of this process: cuBLAS reads its workspace setting when CUDA starts.
-        from ml.determinism import set_deterministic
+        from ml.core.determinism import set_deterministic
 
         set_deterministic(True)
         log.info("deterministic mode on in worker process %s", os.getpid())

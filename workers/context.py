@@ -191,7 +191,7 @@ class JobContext:
         """
         if not self.checkpoint_key:
             return None
-        from ml.safe_load import UnsafeFileError, load_checkpoint_bytes
+        from ml.core.safe_load import UnsafeFileError, load_checkpoint_bytes
 
         data = self.store.get_bytes(self.checkpoint_key)
         try:

@@ -62,7 +62,7 @@ def classify(exc: BaseException) -> Fault | None:
         return "fatal"
     if "torch" not in sys.modules:
         return None
-    from ml.device_errors import is_fatal_device_error, is_out_of_memory
+    from ml.core.device_errors import is_fatal_device_error, is_out_of_memory
 
     if is_out_of_memory(exc):
         return "out_of_memory"

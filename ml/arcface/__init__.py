@@ -1,1 +1,1 @@
-"""Sharded ArcFace ("partial FC"): class weights split across `torch.distributed` ranks."""
+"""ArcFace embedding training: its config, the loop, the saved model files, and the sharded loss."""

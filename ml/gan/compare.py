@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ml.callbacks import Callbacks
+from ml.core.callbacks import Callbacks
 from ml.gan.common import grid_png, to_unit
 from ml.gan.metrics import cosine, psnr, ssim, summarise
 from ml.gan.perceptual import FaceFeatures

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ml.core.safe_load import UnsafeFileError, WeightsMismatchError, check_fits, load_data_file, tensor_dict
 from ml.gan.common import GANConfigError
-from ml.safe_load import UnsafeFileError, WeightsMismatchError, check_fits, load_data_file, tensor_dict
 
 FORMAT = "facejobs.gan_encoder/1"
 ENCODER_FILE = "encoder.pt"

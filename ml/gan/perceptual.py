@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ml.core.safe_load import UnsafeFileError, WeightsMismatchError, check_fits, facenet_state_dict, load_data_file
 from ml.gan.common import GANConfigError
-from ml.safe_load import UnsafeFileError, WeightsMismatchError, check_fits, facenet_state_dict, load_data_file
 
 FACENET_LAYERS = ("repeat_1", "mixed_6a", "repeat_2", "mixed_7a", "repeat_3")
 FACENET_SIZE = 160
@@ -214,7 +214,7 @@ def load_trained_backbone(
     device: torch.device | str = "cpu",
 ) -> FaceFeatures:
     """An embedding backbone trained by `train_embedding` (a folder with backbone.pt/arcface.pt)."""
-    from ml.embedding_model import Normalization, TrainedModelError, load_trained, preprocess
+    from ml.arcface.model import Normalization, TrainedModelError, load_trained, preprocess
 
     try:
         backbone, _weight, config = load_trained(folder, device=device)

@@ -24,7 +24,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from ml.callbacks import Callbacks
+from ml.core.callbacks import Callbacks
 from ml.gan.common import GANConfigError, TrainingStopped
 from ml.gan.generator import sample_latent
 

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ml.callbacks import Callbacks, LocalCallbacks
-from ml.device_state import fit_optimizer_state, portable, to_device
+from ml.core.callbacks import Callbacks, LocalCallbacks
+from ml.core.device_state import fit_optimizer_state, portable, to_device
 from ml.gan.common import (
     GANConfigError,
     TrainingStopped,

@@ -14,7 +14,7 @@ from api.client import Client
 from jobs.models import Job, Model, new_id
 from jobs.states import JobStatus, utcnow
 from tests.api.factories import add_artifact, add_job, bomb_png, key_id, make_zip, upload
-from tests.ml.test_embed import orl_model_folder
+from tests.ml.faces.test_embed import orl_model_folder
 from tests.ml.threads import one_torch_thread
 from tests.services import Stack
 
@@ -53,9 +53,9 @@ class LocalVerifier:
     default embedding settings, one MTCNN detector for every image."""
 
     def __init__(self, folder: Path) -> None:
-        from ml.embed import EmbedSettings
-        from ml.embed_detect import make_detector
-        from ml.embed_models import load_trained_model, read_threshold
+        from ml.faces.detect import make_detector
+        from ml.faces.embed import EmbedSettings
+        from ml.faces.models import load_trained_model, read_threshold
 
         self.model = load_trained_model(folder, "local")
         self.settings = EmbedSettings()
@@ -65,7 +65,7 @@ class LocalVerifier:
         self.threshold = 1.0 - similarity  # the runner's cosine-distance threshold
 
     def embedding(self, data: bytes) -> Any:
-        from ml.embed import embed_image
+        from ml.faces.embed import embed_image
 
         with one_torch_thread():  # as the worker runs (FACEJOBS_TORCH_THREADS=1)
             out = embed_image(data, self.model, self.settings, "cpu", self.detector)
@@ -84,7 +84,7 @@ def unseen_people_separation(local: LocalVerifier, orl_dir: Path, people: list[s
     single pair's verdict depends on float sums, hence on the machine and its thread count)."""
     import numpy as np
 
-    from ml.verify import auc, roc_curve
+    from ml.metrics.verification import auc, roc_curve
 
     keys = [(who, n) for who in people for n in range(1, 11)]
     emb = np.stack([local.embedding((orl_dir / who / f"{n}.pgm").read_bytes()) for who, n in keys])

@@ -1,12 +1,12 @@
 """Fixtures of the ml tests: an ArcFace model trained once per session on MNIST.
 
 `mnist_arcface` is shared with other test modules (model inversion uses it): a `TrainedEmbedding`
-(see `ml.train_config.TrainedEmbedding`) with
+(see `ml.arcface.config.TrainedEmbedding`) with
 - `.backbone`: se_resnet18 (in_channels=1, 32x32 input, base width 16, 128-d), eval mode, CPU;
 - `.arcface_weight`: W of shape (embedding_size, num_classes) = (128, 10), pytorch-metric-learning's
   `ArcFaceLoss.W` layout (column c is digit c's direction);
 - `.num_classes` (10), `.class_names` ("0".."9"), `.image_size` ((32, 32)), `.in_channels` (1);
-- `.normalize`: `ml.embedding_model.Normalization` (mean 0.5, std 0.5: [0, 1] -> [-1, 1]);
+- `.normalize`: `ml.arcface.model.Normalization` (mean 0.5, std 0.5: [0, 1] -> [-1, 1]);
 - `.split`, `.train_indices`, `.test_indices`: indices into `mnist32` (the 8,000 MNIST images at
   32x32), split by sample: 75% of every digit to train, 25% held out;
 - `.metrics`: held-out verification/identification metrics; `.history`: per-epoch loss/accuracy.
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from ml.callbacks import LocalCallbacks
+from ml.arcface.train import TrainConfig, TrainedEmbedding, train_embedding
+from ml.core.callbacks import LocalCallbacks
 from ml.data import ImageDataset, load_mnist
-from ml.train_embedding import TrainConfig, TrainedEmbedding, train_embedding
 from tests.ml.threads import one_torch_thread
 
 MNIST_ARCFACE_CONFIG = TrainConfig(

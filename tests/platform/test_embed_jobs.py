@@ -14,10 +14,10 @@ from PIL import Image
 from api.client import Client
 from jobs.models import Dataset
 from jobs.store import join_key
-from ml.verify import auc, roc_curve
+from ml.metrics.verification import auc, roc_curve
 from tests.api.factories import make_zip, upload
 from tests.api.test_verify_route import register_model
-from tests.ml.test_embed import orl_model_folder
+from tests.ml.faces.test_embed import orl_model_folder
 from tests.services import Stack
 
 PEOPLE = [f"s{i}" for i in range(1, 11)]  # 100 images: the detector's CPU time stays a few seconds

@@ -2,7 +2,7 @@
 
 Training runs on sklearn's digits at 16x16 with a narrow se_resnet18, so one job takes seconds on a
 CPU; what is checked is the platform path (kill, lease expiry, resume, artifacts), not the quality
-(tests/ml/test_train_embedding.py holds the quality bars).
+(tests/ml/arcface/test_train_embedding.py holds the quality bars).
 """
 
 from __future__ import annotations

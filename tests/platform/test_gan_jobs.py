@@ -1,6 +1,6 @@
 """The GAN kinds through real processes: train_generator -> train_encoder -> recover_latent on a worker.
 
-The runners' own tests (tests/ml/test_gan_runners.py) use an in-process context; here the same
+The runners' own tests (tests/ml/gan/test_gan_runners.py) use an in-process context; here the same
 chain runs on the real services through a Celery worker, so the worker's JobContext (model refs
 resolved from earlier jobs' artifacts in S3, checkpoints, previews, artifacts) is what they meet.
 An uploaded "generator" that is not TorchScript fails its job with the contract's message.

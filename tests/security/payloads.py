@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
+from ml.arcface.model import save_trained
 from ml.backbones import create_backbone
-from ml.embedding_model import save_trained
 from tests.support import model_config
 
 TINY_KWARGS: dict[str, Any] = {"base_width": 4, "embedding_size": 8, "in_channels": 1, "input_size": [16, 16]}

@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-from ml.callbacks import LocalCallbacks
-from ml.embed_models import ModelLoadError
-from ml.embed_models import load_facenet as load_embed_facenet
-from ml.embedding_model import TrainedModelError, load_trained
+from ml.arcface.model import TrainedModelError, load_trained
+from ml.arcface.train import _rng_state, _set_rng_state
+from ml.core.callbacks import LocalCallbacks
+from ml.core.safe_load import UnsafeFileError, load_data_file
+from ml.faces.models import ModelLoadError
+from ml.faces.models import load_facenet as load_embed_facenet
 from ml.gan.encoder import EncoderFileError, LatentEncoder, load_encoder, save_encoder
 from ml.gan.perceptual import PerceptualWeightsError
 from ml.gan.perceptual import load_facenet as load_perceptual_facenet
-from ml.safe_load import UnsafeFileError, load_data_file
-from ml.train_embedding import _rng_state, _set_rng_state
 from tests.security.payloads import Payload, saved, tiny_model, with_payload
 
 pytestmark = pytest.mark.security

@@ -1,4 +1,4 @@
-"""The `embed` and `verify` kinds: bulk face embedding and two-image verification (`ml.embed`)."""
+"""The `embed` and `verify` kinds: bulk face embedding and two-image verification (`ml.faces.embed`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from workers.runners import Preempted
 
 def _load_model(ctx: Any, model: str, weights: str | None) -> Any:
     """The `FaceModel` named by the params, or `JobInputError` saying what to upload."""
-    from ml.embed_models import ModelLoadError, load_facenet, load_trained_model
+    from ml.faces.models import ModelLoadError, load_facenet, load_trained_model
 
     try:
         if model.startswith("facenet:"):
@@ -24,7 +24,7 @@ def _load_model(ctx: Any, model: str, weights: str | None) -> Any:
 
 
 def _detector_settings(p: Any, faces: str) -> Any:
-    from ml.embed_detect import DetectorSettings
+    from ml.faces.detect import DetectorSettings
 
     return DetectorSettings(
         min_face_size=p.min_face_size,
@@ -40,8 +40,8 @@ def _detector_settings(p: Any, faces: str) -> Any:
 
 def run_embed(ctx: Any) -> dict[str, Any]:
     """Embed every face of the dataset: embeddings.npy, index.csv, failures.csv, config.json."""
-    from ml.embed import EmbedSettings, EmbedSettingsError, EmbedStopped, embed_dataset
-    from ml.embed_io import DecodeLimits, list_files
+    from ml.faces.decode import DecodeLimits, list_files
+    from ml.faces.embed import EmbedSettings, EmbedSettingsError, EmbedStopped, embed_dataset
 
     p = ctx.params
     settings = EmbedSettings(
@@ -60,7 +60,7 @@ def run_embed(ctx: Any) -> dict[str, Any]:
     except EmbedSettingsError as exc:
         raise JobInputError(str(exc)) from exc
     if p.dataset.startswith("builtin:"):
-        from ml.embed_io import write_builtin_images
+        from ml.faces.decode import write_builtin_images
 
         folder = Path(ctx.open_dataset(p.dataset)) if p.dataset == "builtin:mnist" else None
         files = list_files(write_builtin_images(p.dataset, Path(ctx.workdir) / "builtin", folder))
@@ -122,9 +122,9 @@ def run_verify(ctx: Any) -> dict[str, Any]:
     """Embed the largest face of each image; cosine distance against the threshold -> same or not."""
     import numpy as np
 
-    from ml.embed import EmbedSettings, embed_image
-    from ml.embed_detect import make_detector
-    from ml.embed_io import DecodeLimits, Failure
+    from ml.faces.decode import DecodeLimits, Failure
+    from ml.faces.detect import make_detector
+    from ml.faces.embed import EmbedSettings, embed_image
 
     p = ctx.params
     model = _load_model(ctx, p.model, p.weights)

@@ -1,4 +1,4 @@
-"""The `train_embedding` and `evaluate` kinds: ArcFace training and verification (`ml.train_embedding`)."""
+"""The `train_embedding` and `evaluate` kinds: ArcFace training and verification (`ml.arcface.train`)."""
 
 from __future__ import annotations
 
@@ -57,10 +57,10 @@ def _put_plots(ctx: Any, plots: dict[str, bytes]) -> None:
 def run_train_embedding(ctx: Any) -> dict[str, Any]:
     """Train, evaluate on the held-out split, and store backbone.pt, arcface.pt, config.json,
     metrics.json, roc.png, distances.png, loss.png and pca.png."""
+    from ml.arcface.model import save_trained
+    from ml.arcface.train import TrainConfig, TrainConfigError, TrainingStopped, train_embedding, validate_config
     from ml.data import DatasetError, check_trainable
-    from ml.embedding_model import save_trained
-    from ml.plots import evaluation_plots
-    from ml.train_embedding import TrainConfig, TrainConfigError, TrainingStopped, train_embedding, validate_config
+    from ml.metrics.plots import evaluation_plots
 
     p = ctx.params
     image_size = p.image_size or default_image_size(p.dataset)
@@ -140,11 +140,11 @@ def run_evaluate(ctx: Any) -> dict[str, Any]:
     """Evaluate a trained model (`job:<id>`) on a labelled dataset: metrics.json and plots."""
     import numpy as np
 
+    from ml.arcface.model import TrainedModelError, evaluate_model
+    from ml.arcface.train import load_trained
     from ml.data import DatasetError, make_split
-    from ml.embedding_model import TrainedModelError, evaluate_model
-    from ml.plots import evaluation_plots
-    from ml.train_embedding import load_trained
-    from ml.verify import VerificationError
+    from ml.metrics.plots import evaluation_plots
+    from ml.metrics.verification import VerificationError
 
     p = ctx.params
     try:

@@ -1,4 +1,4 @@
-"""The `invert` kind: class representations from a trained ArcFace model (`ml.invert`)."""
+"""The `invert` kind: class representations from a trained ArcFace model (`ml.invert.inversion`)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ def run_invert(ctx: Any) -> dict[str, Any]:
     """Invert the model named by `ctx.params.model`; artifacts: images/*.png, grid.png, tensors.pt, metrics.json."""
     import torch
 
-    from ml.embedding_model import TrainedModelError
-    from ml.invert import InversionConfig, InversionError, grid_png, invert
-    from ml.train_embedding import load_trained
+    from ml.arcface.model import TrainedModelError
+    from ml.arcface.train import load_trained
+    from ml.invert.inversion import InversionConfig, InversionError, grid_png, invert
 
     p = ctx.params
     try:
@@ -55,7 +55,7 @@ def run_invert(ctx: Any) -> dict[str, Any]:
         scale=float(model_config.get("scale") or 64.0),
         checkpoint_every=p.checkpoint_every,
         preview_every=p.preview_every,
-        # Faster on CUDA; a checkpoint of either layout resumes in the other (ml.invert refits it).
+        # Faster on CUDA; a checkpoint of either layout resumes in the other (ml.invert.inversion refits it).
         channels_last=ctx.device.type == "cuda",
     )
     image_size = model_config.get("image_size")

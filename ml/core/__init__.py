@@ -1,0 +1,1 @@
+"""What every long `ml` function shares: the callbacks, device and determinism policy, safe loading."""

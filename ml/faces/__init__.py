@@ -1,0 +1,1 @@
+"""Faces in images: MTCNN detection, five-point alignment, RoI-tanh warps, decoding and bulk embedding."""

@@ -1,0 +1,1 @@
+"""Model inversion: class images from a trained ArcFace model (ML.md section 3)."""

@@ -1,0 +1,1 @@
+"""Verification and identification metrics of an embedding model, and their plots."""
