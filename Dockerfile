@@ -7,6 +7,8 @@ COPY jobs jobs
 COPY api api
 COPY workers workers
 COPY ml ml
+COPY client client
+COPY stack stack
 COPY migrations migrations
 RUN pip install "torch==2.14.1" "torchvision==0.29.1" \
  && pip install . \

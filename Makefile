@@ -27,7 +27,7 @@ $(CHROMIUM):
 install: $(STAMP)
 
 demo: install
-	$(BIN)/python -m jobs.demo
+	$(BIN)/python -m stack.demo
 
 up: install
 	$(BIN)/facejobs up

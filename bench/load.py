@@ -287,7 +287,7 @@ def main() -> int:
         with session_scope(db_url) as s:
             _, key = create_key(s, "bench")
         api_port, noop_port = free_port(), free_port()
-        procs.append(start_server([sys.executable, "-m", "jobs.cli", "api", "--port", str(api_port)], env,
+        procs.append(start_server([sys.executable, "-m", "stack.cli", "api", "--port", str(api_port)], env,
                                   api_port, home / "api.log"))  # fmt: skip
         procs.append(start_server([sys.executable, str(Path(__file__).resolve()), "--serve-noop", str(noop_port)],
                                   env, noop_port, home / "noop.log"))  # fmt: skip

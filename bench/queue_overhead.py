@@ -10,7 +10,7 @@ prefix of its own), with the workers' Celery settings (late acks, prefetch 1) on
   one prefork worker process, with a Redis result backend (what `.get()` waits on);
 - `facejobs`: a `probe` job with `matmul_size=16, matmul_repeats=1` (the cheapest kind), one at a
   time: `POST /jobs` to `facejobs api`, then `GET /jobs/{id}` every `--poll-ms` until it reads
-  `succeeded`, through one worker process (`python -m jobs.cli worker`). Where the time goes is
+  `succeeded`, through one worker process (`python -m stack.cli worker`). Where the time goes is
   read from the timestamps the platform stores (row created, claimed, each event, finished);
 - scaling: the same job from 4 client threads through 1, 4 and 16 worker processes (`--quick`: 1
   and 4), every message sent twice (as a broker redelivery would): the claim is a compare-and-swap,
@@ -98,7 +98,7 @@ def raw_round_trip(app: Any, i: int) -> float:
 # ---- facejobs -----------------------------------------------------------------------------------
 def start_workers(env: dict[str, str], processes: int, log: Path) -> subprocess.Popen[bytes]:
     name = f"bench{processes}-{os.getpid()}@{socket.gethostname()}"
-    cmd = [sys.executable, "-m", "jobs.cli", "worker", "--queues", "gpu", "--concurrency", str(processes),
+    cmd = [sys.executable, "-m", "stack.cli", "worker", "--queues", "gpu", "--concurrency", str(processes),
            "--name", name, "--loglevel", "WARNING"]  # fmt: skip
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
@@ -294,7 +294,7 @@ def main() -> int:
         with session_scope(db_url) as s:
             _, key = create_key(s, "bench")
         port = free_port()
-        procs.append(start_server([sys.executable, "-m", "jobs.cli", "api", "--port", str(port)], env, port,
+        procs.append(start_server([sys.executable, "-m", "stack.cli", "api", "--port", str(port)], env, port,
                                   home / "api.log"))  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         results: dict[str, Any] = {"config": {

@@ -121,7 +121,7 @@ class Stack:
         env = {**os.environ, "FACEJOBS_TORCH_THREADS": "1", "FACEJOBS_DEVICE": "cpu", **self.env, **(extra_env or {}),
                "PYTHONUNBUFFERED": "1"}  # fmt: skip
         proc = subprocess.Popen(
-            [sys.executable, "-m", "jobs.cli", "worker", "--queues", queues, "--name", name, "--concurrency", "1"],
+            [sys.executable, "-m", "stack.cli", "worker", "--queues", queues, "--name", name, "--concurrency", "1"],
             cwd=REPO, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         self.workers.append(proc)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from api.client import ApiError, Client, WaitTimeout
+from client.sdk import ApiError, Client, WaitTimeout
 from jobs.models import Job, Worker
 from jobs.states import JobStatus, utcnow
 from tests.api.factories import add_artifact, tiny_weights

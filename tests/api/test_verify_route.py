@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from api.client import Client
+from client.sdk import Client
 from jobs.models import Job, Model, new_id
 from jobs.states import JobStatus, utcnow
 from tests.api.factories import add_artifact, add_job, bomb_png, key_id, make_zip, upload

@@ -19,7 +19,7 @@ from tests.services import REPO, Stack
 
 def facejobs(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "jobs.cli", *args],
+        [sys.executable, "-m", "stack.cli", *args],
         cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
@@ -48,7 +48,7 @@ def test_up_runs_the_embedded_stack_without_redis(tmp_path: Path) -> None:
         "FACEJOBS_API_PORT": str(port),
     }
     up = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "up"], cwd=REPO, env=env,
+        [sys.executable, "-m", "stack.cli", "up"], cwd=REPO, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     try:
@@ -74,7 +74,7 @@ def test_submit_follow_and_download_against_a_served_api(services_stack: Stack, 
     (port,) = free_ports(1)
     env = {**stack.env, "FACEJOBS_API_PORT": str(port)}
     api = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "api"], cwd=REPO, env={**os.environ, **env},
+        [sys.executable, "-m", "stack.cli", "api"], cwd=REPO, env={**os.environ, **env},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     stack.workers.append(api)  # stopped with the workers
@@ -98,7 +98,7 @@ def test_gpu_launcher_starts_one_pinned_worker_per_gpu(services_stack: Stack) ->
     stack = services_stack
     env = {**os.environ, **stack.env}
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "worker", "--queues", "cpu", "--gpus", "0,1"], cwd=REPO, env=env,
+        [sys.executable, "-m", "stack.cli", "worker", "--queues", "cpu", "--gpus", "0,1"], cwd=REPO, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     host = socket.gethostname()

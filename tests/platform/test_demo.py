@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from api.client import Client
-from jobs.demo import SAVE_AS, UPLOAD_PER_CLASS, _fill, digits_archive, pipeline, placeholders
+from client.sdk import Client
 from jobs.kinds import registry
+from stack.demo import SAVE_AS, UPLOAD_PER_CLASS, _fill, digits_archive, pipeline, placeholders
 from tests.services import Stack
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from api.client import Client
+from client.sdk import Client
 from jobs.models import Dataset
 from tests.api.factories import make_zip, upload
 from tests.services import Stack, _embedded_env, serve_stack

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from api.client import Client
+from client.sdk import Client
 from jobs.models import Dataset
 from jobs.store import join_key
 from ml.metrics.verification import auc, roc_curve

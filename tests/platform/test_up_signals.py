@@ -100,7 +100,7 @@ def test_up_stops_every_child_on_a_terminating_signal(signum: int, tmp_path: Pat
     }
     console = tmp_path / "up.out"
     up = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "up"], cwd=REPO, env=env,
+        [sys.executable, "-m", "stack.cli", "up"], cwd=REPO, env=env,
         stdout=console.open("w"), stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     children: set[int] = set()
@@ -147,7 +147,7 @@ def test_demo_stops_every_child_on_sigterm(tmp_path: Path) -> None:
         "FACEJOBS_TORCH_THREADS": "1",
     }
     demo = subprocess.Popen(
-        [sys.executable, "-m", "jobs.demo", "--exit-when-done"], cwd=REPO, env=env,
+        [sys.executable, "-m", "stack.demo", "--exit-when-done"], cwd=REPO, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     children: set[int] = set()

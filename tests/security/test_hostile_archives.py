@@ -1,6 +1,6 @@
 """Archives built to cost the API memory or disk are refused from their headers, with bounded memory.
 
-The API runs as a real process (`python -m jobs.cli api` on an embedded home); its peak resident
+The API runs as a real process (`python -m stack.cli api` on an embedded home); its peak resident
 memory (VmHWM in /proc/PID/status) and bytes written (/proc/PID/io) are read around each upload.
 Measured before the fix: a zip whose central directory lists 1,000,000 entries (47 MB) cost
 +420 MiB while `zipfile` parsed it; a 4 MB tar.gz holding a 4 GiB member was inflated (and
@@ -45,7 +45,7 @@ class ServedApi:
         env = {**os.environ, **stack.env, "PYTHONPATH": str(REPO), "FACEJOBS_API_PORT": str(self.port)}
         self.log = (home / "api.log").open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jobs.cli", "api", "--port", str(self.port)], cwd=REPO, env=env,
+            [sys.executable, "-m", "stack.cli", "api", "--port", str(self.port)], cwd=REPO, env=env,
             stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}"

@@ -19,10 +19,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from jobs.cli import follow
-from jobs.embedded import Stopping, start_embedded, stop_children_on_signals
+from client.commands import follow
 from jobs.kinds import registry
 from jobs.settings import get_settings
+from stack.embedded import Stopping, start_embedded, stop_children_on_signals
 
 # Digits per class in the uploaded archive: 400 images, enough for a held-out split of every digit
 # and small enough that training on them adds seconds, not minutes, to the demo.
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=None)
     ap.add_argument("--exit-when-done", action="store_true")
     args = ap.parse_args(argv)
-    from api.client import Client
+    from client.sdk import Client
 
     settings = get_settings()
     port = args.port or settings.api_port

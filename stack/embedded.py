@@ -56,18 +56,18 @@ def start_embedded(
     logs.mkdir(exist_ok=True)
     env = {**os.environ, "FACEJOBS_API_PORT": str(port)}
     api = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "api", "--port", str(port)], env=env,
+        [sys.executable, "-m", "stack.cli", "api", "--port", str(port)], env=env,
         stdout=(logs / "api.log").open("ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     procs.append(api)
     name = f"embedded@{socket.gethostname()}"
     worker = subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "worker", "--queues", "gpu,cpu", "--name", name],
+        [sys.executable, "-m", "stack.cli", "worker", "--queues", "gpu,cpu", "--name", name],
         env=env, stdout=(logs / "worker.log").open("ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     procs.append(worker)
     url = f"http://{settings.api_host}:{port}"
-    from api.client import Client
+    from client.sdk import Client
 
     client = Client(url, key)
     deadline = time.monotonic() + 60

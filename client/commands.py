@@ -1,0 +1,174 @@
+"""The `facejobs` commands that use a running stack, over HTTP only: submit, jobs, show, cancel, ...
+
+Each command is a thin face over `client.sdk.Client` (STYLE habit 12): what the command line can do,
+a notebook can do with the same calls, and none of it reaches into the server's packages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from client.sdk import TERMINAL, Client
+from jobs.settings import get_settings
+
+
+def client_from_settings(args: argparse.Namespace) -> Client:
+    """A client for `--url`/`--api-key`, else the settings, else the dev key `facejobs up` wrote."""
+    settings = get_settings()
+    key = args.api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
+    if not key and settings.dev_key_file.exists():
+        key = settings.dev_key_file.read_text().strip()
+    if not key:
+        raise SystemExit("no API key: pass --api-key, set FACEJOBS_API_KEY, or run `facejobs up` first")
+    return Client(args.url or settings.resolved_api_url, key)
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    """`k=v` pairs; each value is read as JSON when it parses (numbers, lists, true), else a string."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--param wants key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+def follow(client: Any, job_id: str, poll: float = 1.0) -> dict[str, Any]:
+    """Show a progress bar with the newest metrics until the job ends; the final job."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=1, unit="step", dynamic_ncols=True, desc=job_id[:8])
+    job: dict[str, Any] = {}
+    try:
+        while True:
+            job = client.get_job(job_id)
+            total = max(int(job.get("progress_total") or 0), 1)
+            if bar.total != total:
+                bar.total = total
+            bar.n = min(int(job.get("progress_step") or 0), total)
+            metrics = job.get("metrics") or {}
+            bar.set_postfix({"status": job["status"], **{k: f"{v:.4g}" for k, v in list(metrics.items())[:4]}})
+            bar.refresh()
+            if job["status"] in TERMINAL:
+                if job["status"] == "succeeded":
+                    bar.n = bar.total
+                    bar.refresh()
+                return job
+            time.sleep(poll)
+    finally:
+        bar.close()
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    client = client_from_settings(args)
+    job = client.submit(args.kind, parse_params(args.param or []), queue=args.queue)
+    print(f"submitted {job['kind']} job {job['id']} ({job['status']})")
+    if not args.follow:
+        return 0
+    job = follow(client, job["id"])
+    print(f"{job['id']}: {job['status']}")
+    if job["status"] == "succeeded":
+        print(json.dumps(job.get("result") or {}, indent=2)[:4000])
+        return 0
+    if job.get("error"):
+        print(job["error"], file=sys.stderr)
+    return 1
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    client = client_from_settings(args)
+    page = client.list_jobs(status=args.status, kind=args.kind, limit=args.limit)
+    print(f"{'id':32}  {'kind':16} {'status':10} {'progress':>8} {'att':>3}  created")
+    for j in page["data"]:
+        print(f"{j['id']:32}  {j['kind']:16} {j['status']:10} {100 * j['progress']:7.1f}% {j['attempt']:>3}  "
+              f"{j['created_at']}")  # fmt: skip
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    client = client_from_settings(args)
+    print(json.dumps(client.get_job(args.id), indent=2))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    client = client_from_settings(args)
+    job = client.cancel(args.id)
+    print(f"{job['id']}: {job['status']}{' (cancel requested)' if job.get('cancel_requested') else ''}")
+    return 0
+
+
+def cmd_artifacts(args: argparse.Namespace) -> int:
+    client = client_from_settings(args)
+    arts = client.artifacts(args.id)
+    for a in arts:
+        print(f"{a['name']:40} {a['size']:>12}  {a['content_type']}")
+        if args.download:
+            dest = Path(args.download) / a["name"]
+            client.download_artifact(args.id, a["name"], dest)
+    if args.download:
+        print(f"downloaded {len(arts)} artifacts to {args.download}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    client = client_from_settings(args)
+    if args.action == "upload":
+        ds = client.upload_dataset(Path(args.path), name=args.name)
+        print(f"dataset {ds['id']}: {ds['num_files']} files, {ds['num_identities']} identities "
+              f"(use dataset:{ds['id']})")  # fmt: skip
+    else:
+        for ds in client.list_datasets()["data"]:
+            print(f"{ds['id']}  {ds['name']:30} {ds['num_files']:>7} files {ds['num_identities']:>6} ids")
+    return 0
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    client = client_from_settings(args)
+    for w in client.workers():
+        stale = " STALE" if w.get("stale") else ""
+        job = w.get("current_job_id") or ("busy" if w.get("busy") else "-")  # another key's job has no id here
+        print(f"{w['id']:40} {w['queues']:10} {w['device']:30} job={job} "
+              f"heartbeat={w['last_heartbeat']}{stale}")  # fmt: skip
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the HTTP commands on the `facejobs` parser's subcommands."""
+    sp = sub.add_parser("submit", help="submit a job: submit KIND --param k=v ... [--follow]")
+    sp.add_argument("kind")
+    sp.add_argument("--param", "-p", action="append", metavar="K=V")
+    sp.add_argument("--queue", choices=["gpu", "cpu"])
+    sp.add_argument("--follow", "-f", action="store_true", help="show progress until the job ends")
+    sp.set_defaults(func=cmd_submit)
+    sp = sub.add_parser("jobs", help="list your jobs, newest first")
+    sp.add_argument("--status")
+    sp.add_argument("--kind")
+    sp.add_argument("--limit", type=int, default=50)
+    sp.set_defaults(func=cmd_jobs)
+    sp = sub.add_parser("show", help="one job as JSON")
+    sp.add_argument("id")
+    sp.set_defaults(func=cmd_show)
+    sp = sub.add_parser("cancel", help="cancel a job")
+    sp.add_argument("id")
+    sp.set_defaults(func=cmd_cancel)
+    sp = sub.add_parser("artifacts", help="list (and download) a job's artifacts")
+    sp.add_argument("id")
+    sp.add_argument("--download", metavar="DIR")
+    sp.set_defaults(func=cmd_artifacts)
+    sp = sub.add_parser("datasets", help="upload or list datasets")
+    sp.add_argument("action", choices=["upload", "list"])
+    sp.add_argument("path", nargs="?")
+    sp.add_argument("--name")
+    sp.set_defaults(func=cmd_datasets)
+    sp = sub.add_parser("workers", help="list workers and their heartbeats")
+    sp.set_defaults(func=cmd_workers)
