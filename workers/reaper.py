@@ -12,13 +12,14 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from jobs.broker import enqueue, queue_size
+from jobs.broker import queue_size
 from jobs.db import session_scope
 from jobs.models import Job, JobEvent
 from jobs.settings import Settings, get_settings
 from jobs.states import JobStatus, reap_expired, utcnow
+from jobs.submit import send_job
 
 log = logging.getLogger(__name__)
 UNSENT_GRACE_SECONDS = 10
@@ -56,14 +57,9 @@ def reap_once(settings: Settings | None = None) -> ReapReport:
             )
         ).all()
     for job_id, kind, queue, priority in unsent:
-        try:
-            enqueue(job_id, kind, queue, priority)
-        except Exception:
-            log.exception("reaper could not send job %s; will try again", job_id)
-            continue
         with session_scope(db) as s:
-            s.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
-        report.resent.append(job_id)
+            if send_job(s, job_id, kind, queue, priority):
+                report.resent.append(job_id)
     if report.requeued or report.failed or report.resent:
         log.info("reaper: requeued %s, failed %s, re-sent %s", report.requeued, report.failed, report.resent)
     return report

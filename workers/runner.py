@@ -19,7 +19,6 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from jobs.broker import enqueue
 from jobs.db import session_scope
 from jobs.errors import JobInputError, TransientError
 from jobs.kinds import get_kind, load_runner, validate_params
@@ -28,6 +27,7 @@ from jobs.redact import new_error_id, scrub_paths
 from jobs.settings import Settings, get_settings
 from jobs.states import JobStatus, claim, finish, requeue, utcnow
 from jobs.store import get_store
+from jobs.submit import send_job
 from workers.context import JobContext
 from workers.device_faults import (
     DeviceUnavailableError,
@@ -282,15 +282,8 @@ def _transient(ctx: JobContext, db: str, exc: Exception) -> Outcome:
 
 
 def _send_again(db: str, job_id: str, kind: str, queue: str) -> None:
-    try:
-        enqueue(job_id, kind, queue)
-        with session_scope(db) as s:
-            s.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
-    except Exception:
-        # The reaper re-sends queued jobs whose message was never sent.
-        log.exception("could not re-send job %s; the reaper will", job_id)
-        with session_scope(db) as s:
-            s.execute(update(Job).where(Job.id == job_id).values(enqueued_at=None))
+    with session_scope(db) as s:
+        send_job(s, job_id, kind, queue)
 
 
 def _fail(db: str, job_id: str, attempt: int, owner: str, exc: BaseException, message: str | None = None) -> Outcome:

@@ -6,7 +6,6 @@ import json
 import logging
 from typing import Annotated
 
-from celery import Celery
 from fastapi import Header, Query, Response, status
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -17,34 +16,16 @@ from api.errors import ApiError, Conflict
 from api.pagination import check_limit, keyset, page
 from api.routes import keyed_router
 from api.schemas import ErrorBody, EventPublic, EventsPage, JobCreate, JobPublic, JobsPage
-from jobs.broker import enqueue
-from jobs.db import relax_commit
 from jobs.kinds import get_kind, validate_params
-from jobs.models import ApiKey, Job, JobEvent, new_id
+from jobs.models import ApiKey, Job, JobEvent
 from jobs.refs import check_params_refs
-from jobs.states import JobStatus, request_cancel, retry, utcnow
+from jobs.states import JobStatus, request_cancel, retry
+from jobs.submit import new_job, send_job, submit_job
 
 log = logging.getLogger(__name__)
 router = keyed_router("/jobs", "jobs")
 # Event ids are 64-bit signed integers; a larger `after` is refused (422) instead of overflowing the driver.
 MAX_EVENT_ID = 2**63 - 1
-
-
-def send(session: Session, celery: Celery, job: Job) -> bool:
-    """Send the job's broker message and record when; False (job left for the reaper) if the broker is down."""
-    try:
-        enqueue(job.id, job.kind, job.queue, job.priority, app=celery)
-    except Exception as exc:
-        # The row is committed as queued with enqueued_at NULL: the reaper re-sends it later.
-        log.warning("could not send job %s to the broker (the reaper will re-send it): %s", job.id, exc)
-        job.enqueued_at = None
-        session.commit()
-        return False
-    job.enqueued_at = utcnow()
-    # The stamp need not wait for the disk: were it lost, the reaper would send again and the claim drop the copy.
-    relax_commit(session)
-    session.commit()
-    return True
 
 
 def _by_idempotency_key(session: Session, key: ApiKey, idem: str) -> Job | None:
@@ -83,25 +64,17 @@ def create_job(
             f"params are over {settings.max_params_bytes} bytes as JSON",
             {"limit_bytes": settings.max_params_bytes},
         )
-    now = utcnow()
-    job = Job(
-        id=new_id(),
-        kind=spec.name,
-        params=params,
-        status=JobStatus.QUEUED,
-        priority=body.priority,
+    job = new_job(
+        spec.name,
+        params,
         queue=body.queue or spec.queue,
         owner_id=key.id,
-        idempotency_key=idempotency_key,
         max_attempts=body.max_attempts or settings.default_max_attempts,
-        created_at=now,
-        updated_at=now,
+        priority=body.priority,
+        idempotency_key=idempotency_key,
     )
     try:
-        session.add(job)
-        session.flush()  # the job row first: the event references it
-        session.add(JobEvent(job_id=job.id, type="status", message="queued", created_at=now))
-        session.commit()
+        submit_job(session, job, app=celery)
     except IntegrityError:
         # Two requests with the same Idempotency-Key raced; the other one created the job.
         session.rollback()
@@ -110,7 +83,6 @@ def create_job(
             raise
         response.status_code = status.HTTP_200_OK
         return existing
-    send(session, celery, job)
     return job
 
 
@@ -171,7 +143,7 @@ def retry_job(job: JobDep, session: SessionDep, celery: CeleryDep) -> Job:
     session.add(JobEvent(job_id=job.id, attempt=job.attempt, type="status", message="queued again (retry)"))
     session.commit()
     session.refresh(job)
-    send(session, celery, job)
+    send_job(session, job.id, job.kind, job.queue, job.priority, app=celery)
     return job
 
 

@@ -18,7 +18,6 @@ from api.errors import ApiError, NotFound, PayloadTooLarge
 from api.images import BadImage, check_image
 from api.ingest import commit_or_undo, put_all
 from api.routes import keyed_router
-from api.routes.jobs import send
 from api.routes.uploading import multipart_body, upload_dir
 from api.schemas import ErrorBody, VerifyPending, VerifyResult
 from api.uploads import ReceivedFile, receive_multipart
@@ -27,8 +26,9 @@ from jobs.models import ApiKey, Job, JobEvent, Model, new_id
 from jobs.params.embed import INPUT_NAMES, MAX_VERIFY_IMAGE_BYTES, VerifyParams
 from jobs.refs import RefPathNotFound, check_params_refs, parse_ref, resolve_ref
 from jobs.settings import Settings
-from jobs.states import JobStatus, utcnow
+from jobs.states import JobStatus
 from jobs.store import Store, join_key
+from jobs.submit import new_job, send_job
 
 router = keyed_router("/verify", "verify")
 DEFAULT_TIMEOUT_S = 30.0
@@ -148,24 +148,19 @@ def _submit(
     if len(json.dumps(stored)) > settings.max_params_bytes:
         raise ApiError(413, "params_too_large", f"params are over {settings.max_params_bytes} bytes as JSON")
     put_all(store, uploads, "images")
-    now = utcnow()
-    job = Job(
-        id=job_id,
-        kind="verify",
-        params=stored,
-        status=JobStatus.QUEUED,
-        priority=0,
+    job = new_job(
+        "verify",
+        stored,
         queue=get_kind("verify").queue,
         owner_id=key.id,
         max_attempts=settings.default_max_attempts,
-        created_at=now,
-        updated_at=now,
+        job_id=job_id,
     )
     session.add(job)
     session.flush()
-    session.add(JobEvent(job_id=job.id, type="status", message="queued (POST /verify)", created_at=now))
+    session.add(JobEvent(job_id=job.id, type="status", message="queued (POST /verify)", created_at=job.created_at))
     commit_or_undo(session, store, [k for k, _, _ in uploads])
-    send(session, celery, job)
+    send_job(session, job.id, job.kind, job.queue, job.priority, app=celery)
     return job
 
 
