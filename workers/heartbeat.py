@@ -69,7 +69,7 @@ class Heartbeat(threading.Thread):
                         w.current_job_id = jobs[-1].job_id
                     if w.draining:
                         for ctx in jobs:
-                            ctx._drain.set()
+                            ctx.mark_draining()
         except Exception:
             log.exception("worker heartbeat failed (the jobs go on)")
 

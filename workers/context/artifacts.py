@@ -1,0 +1,44 @@
+"""Artifacts: files a job stores under `jobs/{id}/`, each with its row, and the live previews."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sqlalchemy import delete
+from sqlalchemy.orm import Session
+
+from jobs.models import Artifact
+from jobs.store import join_key
+from workers.context.base import ContextBase
+
+log = logging.getLogger(__name__)
+
+
+class Artifacts(ContextBase):
+    """Store a job's results and previews where the API serves them from."""
+
+    def put_artifact(self, name: str, data: bytes | Path, content_type: str = "application/octet-stream") -> Artifact:
+        """Store an artifact under `jobs/{id}/{name}` and record it (replacing one of the same name)."""
+        key = join_key(f"jobs/{self.job_id}", name)
+        if isinstance(data, Path):
+            obj = self.store.put_file(key, data, content_type)
+        else:
+            obj = self.store.put_bytes(key, data, content_type)
+
+        def record(s: Session) -> Artifact:
+            s.execute(delete(Artifact).where(Artifact.job_id == self.job_id, Artifact.name == name))
+            art = Artifact(
+                job_id=self.job_id, name=name, key=key, size=obj.size, sha256=obj.sha256, content_type=content_type
+            )
+            s.add(art)
+            return art
+
+        return self._write(record)
+
+    def preview(self, name: str, png: bytes) -> None:
+        """Replace the live preview `previews/{name}.png`; the dashboard shows the newest."""
+        try:
+            self.put_artifact(f"previews/{name}.png", png, "image/png")
+        except Exception:
+            log.exception("preview of job %s failed (the job goes on)", self.job_id)

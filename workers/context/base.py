@@ -1,0 +1,92 @@
+"""What every part of the JobContext shares: the job's identity, its attempt and lease owner, and the retried write."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from jobs.db import session_scope
+from jobs.models import Job, JobEvent
+from jobs.settings import Settings
+from jobs.states import fenced_update
+from jobs.store import Store
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# A write the job cannot do without (a checkpoint's record, an artifact's row) is tried again on a fresh
+# connection when the database dropped the pooled one (restart, failover, terminated backend): for about
+# 2 s in all (0.2 + 0.4 + 0.6 + 0.8), then the job is requeued as after any transient error.
+DB_WRITE_TRIES = 5
+DB_RETRY_SECONDS = 0.2
+
+
+class ContextBase:
+    """The job, attempt and lease owner every write is fenced by, and the three stop flags."""
+
+    def __init__(
+        self,
+        job: Job,
+        attempt: int,
+        worker_id: str,
+        params: BaseModel,
+        settings: Settings,
+        store: Store,
+        device: Any,
+        workdir: Path,
+        drain_event: threading.Event | None = None,
+    ) -> None:
+        self.job_id = job.id
+        self.kind = job.kind
+        self.owner_id = job.owner_id
+        self.attempt = attempt
+        self.worker_id = worker_id
+        self.params = params
+        self.settings = settings
+        self.store = store
+        self.device = device
+        self.workdir = workdir
+        self.checkpoint_key: str | None = job.checkpoint_key
+        self._db = settings.resolved_database_url
+        self._cancel = threading.Event()
+        self._lost = threading.Event()
+        self._drain = drain_event or threading.Event()
+
+    def _write(self, write: Callable[[Session], T]) -> T:
+        """`write` in one transaction; again (it must be idempotent) if the connection was lost under it."""
+        for n in range(1, DB_WRITE_TRIES + 1):
+            try:
+                with session_scope(self._db) as s:
+                    return write(s)
+            except OperationalError as exc:
+                if n == DB_WRITE_TRIES:
+                    raise
+                log.warning("job %s: database write failed (%s); trying again", self.job_id, str(exc)[:200])
+                time.sleep(DB_RETRY_SECONDS * n)
+        raise AssertionError("unreachable")
+
+    def _fenced(self, **values: Any) -> bool:
+        ok = self._write(lambda s: fenced_update(s, self.job_id, self.attempt, self.worker_id, **values))
+        if not ok:
+            self._lost.set()
+        return ok
+
+    def event(self, type_: str, message: str, data: dict[str, Any] | None = None) -> None:
+        """A row in the job's event log; a failed write is logged, never raised into the job."""
+        try:
+            with session_scope(self._db, durable=False) as s:
+                s.add(JobEvent(job_id=self.job_id, attempt=self.attempt, type=type_, message=message, data=data))
+        except Exception:
+            log.exception("event write of job %s failed (the job goes on)", self.job_id)
+
+    def log(self, message: str) -> None:
+        """A line in the job's event log."""
+        log.info("job %s: %s", self.job_id, message)
+        self.event("log", message)
