@@ -3,8 +3,8 @@
 Before, a worker process ran two threads that both wrote the worker row: one for the process (idle
 or not) and one more per running job. Now each process has one `Heartbeat`: every
 `heartbeat_seconds` it renews the lease of each job this process runs (and flushes its throttled
-progress, reads its cancel flag), then writes the row once (`last_heartbeat`, and the job it runs)
-and hands the row's drain flag to those jobs. Under the prefork pool the main process and each pool
+progress, reads its cancel flag), then writes the row once (`last_heartbeat`) and hands the row's
+drain flag to those jobs. Under the prefork pool the main process and each pool
 child have their own (threads do not survive a fork), so a child's jobs learn of a drain that the
 main process recorded in the row.
 """
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from workers.context import JobContext
 
 log = logging.getLogger(__name__)
+# How long a job's end waits for a lease renewal in flight (as long as the per-job heartbeat thread's join did).
+UNWATCH_WAIT_SECONDS = 5.0
 
 
 class Heartbeat(threading.Thread):
@@ -36,8 +38,8 @@ class Heartbeat(threading.Thread):
         self.node, self.interval, self.db = node, interval, db
         self.stopped = threading.Event()
         self._jobs: dict[str, JobContext] = {}
-        # Held for a whole beat: `unwatch` waits for a beat in flight, so no lease renewal or
-        # progress flush of a job lands after its runner returned (its end is recorded next).
+        # Held while the leases are renewed: `unwatch` waits for a renewal in flight, so no lease
+        # renewal or progress flush of a job lands after its runner returned (its end is recorded next).
         self._beating = threading.Lock()
 
     def watch(self, ctx: JobContext) -> None:
@@ -46,27 +48,32 @@ class Heartbeat(threading.Thread):
             self._jobs[ctx.job_id] = ctx
 
     def unwatch(self, ctx: JobContext) -> None:
-        """Stop renewing `ctx`'s lease; returns after any beat in flight is done."""
-        with self._beating:
+        """Stop renewing `ctx`'s lease, once a renewal in flight is done (waiting `UNWATCH_WAIT_SECONDS` at most)."""
+        got = self._beating.acquire(timeout=UNWATCH_WAIT_SECONDS)
+        try:
             self._jobs.pop(ctx.job_id, None)
+        finally:
+            if got:
+                self._beating.release()
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):
-            with self._beating:
-                self.beat()
+            self.beat()
 
     def beat(self) -> None:
         """One beat; a failure is logged and never reaches a job (the next beat tries again)."""
-        jobs = list(self._jobs.values())
-        for ctx in jobs:
-            ctx.heartbeat()
+        with self._beating:
+            jobs = list(self._jobs.values())
+            for ctx in jobs:
+                ctx.heartbeat()
+        # The row write is outside the lock: a row held by another transaction stalls this beat,
+        # never a job's end. The job the worker runs is set at the claim and cleared at the end
+        # (workers/runner.py), not here, so a late beat cannot bring back a finished job.
         try:
             with session_scope(self.db, durable=False) as s:
                 w = s.get(Worker, self.node)
                 if w is not None:
                     w.last_heartbeat = utcnow()
-                    if jobs:
-                        w.current_job_id = jobs[-1].job_id
                     if w.draining:
                         for ctx in jobs:
                             ctx.mark_draining()
