@@ -1,17 +1,18 @@
 """Fixtures shared by the whole suite.
 
-Service fixtures (PostgreSQL, Redis, S3) live in `tests/platform/conftest.py`; the ones here need
-no services: the real data folder beside the checkout, a CPU-friendly torch setup, and `need_gpu`.
+Service fixtures (PostgreSQL, Redis, S3) live in `tests/support/services.py` (a plugin, below); the
+ones here need no services: the real data folder beside the checkout, a CPU-friendly torch setup,
+and the `need_gpu` check (tests/support) before every `gpu` test.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from jobs.settings import get_settings
+from tests.support import need_gpu
 
 
 def _data_dir() -> Path:
@@ -30,22 +31,6 @@ def need_data(*parts: str) -> Path:
             pytest.fail(reason + " (FACEJOBS_REQUIRE_DATA=1 forbids skipping)")
         pytest.skip(reason)
     return path
-
-
-def need_gpu() -> Any:
-    """The CUDA device, or skip (fail under FACEJOBS_REQUIRE_GPU=1) where torch sees none.
-
-    Every `gpu`-marked test calls it before it runs (`pytest_runtest_setup` below), so on a GPU host
-    the smoke script's FACEJOBS_REQUIRE_GPU=1 turns a broken CUDA setup into failures, not skips.
-    """
-    import torch
-
-    if not torch.cuda.is_available():
-        reason = f"needs a CUDA device: torch {torch.__version__} (CUDA {torch.version.cuda}) sees none"
-        if get_settings().require_gpu:
-            pytest.fail(reason + " (FACEJOBS_REQUIRE_GPU=1 forbids skipping)")
-        pytest.skip(reason)
-    return torch.device("cuda")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -73,4 +58,4 @@ def artifacts_dir() -> Path:
     return path
 
 
-pytest_plugins = ["tests.services"]
+pytest_plugins = ["tests.support.services"]

@@ -61,3 +61,38 @@ def test_api_never_imports_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+def imported_test_modules(path: Path) -> set[str]:
+    """The dotted names of the test modules and conftests a module imports (`tests.x.test_y`, `tests.conftest`)."""
+    found: set[str] = set()
+
+    def is_test_module(dotted: str) -> bool:
+        last = dotted.rsplit(".", 1)[-1]
+        return dotted.startswith("tests.") and (last.startswith("test_") or last == "conftest")
+
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if is_test_module(a.name))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if is_test_module(node.module):
+                found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names if is_test_module(f"{node.module}.{a.name}"))
+    return found
+
+
+def test_the_test_scan_sees_both_spellings(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("from tests.platform.test_worker import submit\nfrom tests.browser import conftest\n"
+                      "from tests.support.jobs import submit\n")  # fmt: skip
+    assert imported_test_modules(module) == {"tests.platform.test_worker", "tests.browser.conftest"}
+
+
+def test_no_test_module_imports_another_test_module() -> None:
+    """Shared helpers live in tests/support/; a test module or conftest is never imported (pytest owns them)."""
+    wrong = {
+        str(m.relative_to(REPO)): sorted(imported_test_modules(m))
+        for m in sorted((REPO / "tests").rglob("*.py"))
+        if imported_test_modules(m)
+    }
+    assert wrong == {}

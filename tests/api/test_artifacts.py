@@ -10,7 +10,7 @@ from urllib.parse import quote
 import httpx
 
 from jobs.states import JobStatus
-from tests.api.factories import add_artifact, add_job, key_id
+from tests.support.factories import add_artifact, add_job, key_id
 
 
 def test_list_and_download_artifacts(stack: Any) -> None:

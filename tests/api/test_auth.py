@@ -11,12 +11,12 @@ from pydantic import SecretStr
 from jobs.keys import KEY_RE, create_key, hash_key, lookup_key, revoke_key
 from jobs.models import ApiKey
 from jobs.states import JobStatus
-from tests.api.factories import add_artifact, add_job, client_for, key_id, make_zip, tiny_weights, upload
 from tests.support import app_routes
+from tests.support.factories import add_artifact, add_job, client_for, key_id, make_zip, tiny_weights, upload
 
 # Every route the app serves is in exactly one of these two sets; a route in neither fails
 # `test_every_route_is_classified_public_or_keyed`, so a new one cannot slip past the checks below.
-# The routes come from `app.routes` (tests/support.py), not the OpenAPI schema: the dashboard's routes
+# The routes come from `app.routes` (tests/support/__init__.py), not the OpenAPI schema: the dashboard's routes
 # are left out of the schema, and the schema once hid a copy of the artifact-link route without any
 # key or owner check from these tests.
 PUBLIC_ROUTES = {

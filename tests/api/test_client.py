@@ -12,7 +12,7 @@ from sqlalchemy import update
 from client.sdk import ApiError, Client, WaitTimeout
 from jobs.models import Job, Worker
 from jobs.states import JobStatus, utcnow
-from tests.api.factories import add_artifact, tiny_weights
+from tests.support.factories import add_artifact, tiny_weights
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from jobs.models import Dataset
-from tests.api.factories import bomb_png, client_for, make_tar, make_zip, orl_files, tiny_weights, upload
+from tests.support.factories import bomb_png, client_for, make_tar, make_zip, orl_files, tiny_weights, upload
 
 
 def nothing_stored(stack: Any) -> None:

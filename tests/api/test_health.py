@@ -7,7 +7,7 @@ from typing import Any
 
 from jobs.models import Worker
 from jobs.states import JobStatus, utcnow
-from tests.api.factories import add_job, client_for, key_id, old
+from tests.support.factories import add_job, client_for, key_id, old
 
 
 def test_health_readiness_and_kinds(stack: Any) -> None:

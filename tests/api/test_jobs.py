@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from jobs.models import Job, JobEvent
 from jobs.states import JobStatus, utcnow
-from tests.api.factories import add_job, key_id
+from tests.support.factories import add_job, key_id
 
 PROBE_DEFAULTS = {
     "matmul_size": 1024,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.api.factories import client_for, upload
+from tests.support.factories import client_for, upload
 
 
 @pytest.fixture(scope="module")

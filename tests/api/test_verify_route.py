@@ -13,34 +13,10 @@ from PIL import Image
 from client.sdk import Client
 from jobs.models import Job, Model, new_id
 from jobs.states import JobStatus, utcnow
-from tests.api.factories import add_artifact, add_job, bomb_png, key_id, make_zip, upload
-from tests.ml.faces.test_embed import orl_model_folder
-from tests.ml.threads import one_torch_thread
-from tests.services import Stack
-
-MODEL_FILES = {
-    "backbone.pt": "application/octet-stream",
-    "arcface.pt": "application/octet-stream",
-    "config.json": "application/json",
-    "metrics.json": "application/json",
-}
-
-
-def register_model(stack: Stack, folder: Path, key: str | None = None) -> str:
-    """The ORL model as a succeeded train_embedding job of the key (its artifacts, as the worker stores them)."""
-    job_id = add_job(stack, key_id(stack, key), status=JobStatus.SUCCEEDED, kind="train_embedding")
-    for name, ctype in MODEL_FILES.items():
-        add_artifact(stack, job_id, name, (folder / name).read_bytes(), ctype)
-    return job_id
-
-
-def post_verify(client: Any, a: bytes | str, b: bytes | str, timeout: float | None = None, **fields: str) -> Any:
-    """POST /verify with image_a/image_b as files (bytes) or text fields (dataset refs)."""
-    files: dict[str, Any] = {}
-    for name, image in (("image_a", a), ("image_b", b)):
-        files[name] = (f"{name}.pgm", image, "image/x-portable-graymap") if isinstance(image, bytes) else (None, image)
-    params = {"timeout": timeout} if timeout is not None else {}
-    return client.post("/verify", files=files, data=fields, params=params)
+from tests.support.faces import orl_model_folder, post_verify, register_model
+from tests.support.factories import add_job, bomb_png, key_id, make_zip, upload
+from tests.support.services import Stack
+from tests.support.threads import one_torch_thread
 
 
 @pytest.fixture(scope="module")

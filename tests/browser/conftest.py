@@ -12,13 +12,13 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.services import Stack
+from tests.support.browser import LiveDashboard
+from tests.support.services import Stack
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -26,8 +26,6 @@ CHROMIUM_ARGS = [
     "--disable-sync", "--no-first-run", "--disable-renderer-backgrounding",
     "--disable-background-timer-throttling", "--disable-backgrounding-occluded-windows",
 ]  # fmt: skip
-VIEWPORT = {"width": 1400, "height": 900}
-KEY_STORAGE = "facejobs.apiKey"
 
 
 def dashboard_app(stack: Stack) -> Any:
@@ -48,32 +46,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@dataclass
-class LiveDashboard:
-    """The app served over HTTP for the stack, and a way to open pages already logged in (or not)."""
-
-    url: str
-    stack: Stack
-    browser: Any
-
-    def page(self, path: str = "/", logged_in: bool = True, key: str | None = None) -> Any:
-        """A fresh browser context (own sessionStorage) on `path`; with the stack's key unless told not to."""
-        context = self.browser.new_context(viewport=VIEWPORT, accept_downloads=True)
-        context.set_default_timeout(15_000)
-        if logged_in:
-            # sessionStorage belongs to the tab: set it before any page script runs.
-            context.add_init_script(f"sessionStorage.setItem({KEY_STORAGE!r}, {key or self.stack.key!r})")
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.js_errors = errors  # a page script that throws fails the test that looks
-        dialogs: list[str] = []
-        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-        page.dialogs = dialogs  # an alert() would mean injected markup ran
-        page.goto(self.url + path)
-        return page
 
 
 @pytest.fixture(scope="session")

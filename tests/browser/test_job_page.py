@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from jobs.states import JobStatus
-from tests.browser.conftest import LiveDashboard
-from tests.browser.seed import add_events, add_job, curve_png, grid_png, invert_like_job, put_artifact
+from tests.support.browser import LiveDashboard
+from tests.support.seed import add_events, add_job, curve_png, grid_png, invert_like_job, put_artifact
 
 pytestmark = pytest.mark.browser
 

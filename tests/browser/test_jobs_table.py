@@ -9,8 +9,8 @@ import pytest
 
 from jobs.keys import revoke_key
 from jobs.states import JobStatus, utcnow
-from tests.browser.conftest import LiveDashboard
-from tests.browser.seed import add_job, owner_id
+from tests.support.browser import LiveDashboard
+from tests.support.seed import add_job, owner_id
 
 pytestmark = pytest.mark.browser
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import LiveDashboard
-from tests.platform.factories import TINY_ARCFACE
+from tests.support.browser import LiveDashboard
+from tests.support.factories import TINY_ARCFACE
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.conftest import LiveDashboard
+from tests.support.browser import LiveDashboard
 
 pytestmark = [pytest.mark.browser, pytest.mark.services]
 

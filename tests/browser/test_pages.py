@@ -10,8 +10,8 @@ import pytest
 
 from jobs.models import Worker
 from jobs.states import JobStatus, utcnow
-from tests.browser.conftest import LiveDashboard
-from tests.browser.seed import add_job
+from tests.support.browser import LiveDashboard
+from tests.support.seed import add_job
 
 pytestmark = pytest.mark.browser
 

@@ -20,8 +20,8 @@ from sqlalchemy import event, insert, text
 from jobs.db import get_engine
 from jobs.models import Job, new_id
 from jobs.states import JobStatus, utcnow
-from tests.browser.seed import owner_id
-from tests.services import Stack
+from tests.support.seed import owner_id
+from tests.support.services import Stack
 
 N_JOBS = 10_000
 STATUS_CYCLE = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.RUNNING, JobStatus.QUEUED)

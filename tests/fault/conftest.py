@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.fault.servers import RedisServer, RestartableS3
-from tests.platform.s3server import S3Server
-from tests.services import REDIS_URL, Stack, build_stack, reset_process_state
+from tests.support.s3server import S3Server
+from tests.support.servers import RedisServer, RedisStack, RestartableS3, S3Stack
+from tests.support.services import REDIS_URL, Stack, build_stack, reset_process_state
 
 
 def services_env(
@@ -42,12 +41,6 @@ def _close(stack: Stack) -> None:
     reset_process_state()
 
 
-@dataclass
-class RedisStack:
-    stack: Stack
-    redis: RedisServer
-
-
 @pytest.fixture
 def redis_stack(
     pg_url: str, s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -74,12 +67,6 @@ def restartable_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restart
     server.start()
     yield server
     server.stop()
-
-
-@dataclass
-class S3Stack:
-    stack: Stack
-    s3: RestartableS3
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ from sqlalchemy import func, select
 from jobs.broker import queue_size
 from jobs.models import Artifact, Job
 from jobs.states import JobStatus, utcnow
-from tests.api.factories import add_job, key_id, old
-from tests.fault.conftest import RedisStack
-from tests.fault.support import FAST_LEASES, event_counts, metric_values, readiness
 from tests.support import wait_for
+from tests.support.factories import add_job, key_id, old
+from tests.support.faults import FAST_LEASES, event_counts, metric_values, readiness
+from tests.support.servers import RedisStack
 from workers.reaper import reap_once
 
 N_JOBS, N_WORKERS = 200, 2

@@ -16,19 +16,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from jobs.states import utcnow
-from tests.fault.servers import TcpProxy
-from tests.fault.support import (
-    FAST_LEASES,
-    assert_artifacts_intact,
-    events,
-    job_row,
-    readiness,
-    run_starts,
-    submit,
-    wait_row,
-)
-from tests.services import Stack
 from tests.support import wait_for
+from tests.support.faults import FAST_LEASES, assert_artifacts_intact, events, job_row, readiness, run_starts, wait_row
+from tests.support.jobs import submit
+from tests.support.servers import TcpProxy
+from tests.support.services import Stack
 
 TERMINATE_OTHERS = text(
     "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "

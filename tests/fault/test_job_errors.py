@@ -13,9 +13,10 @@ import pytest
 from jobs.broker import enqueue
 from jobs.kinds import validate_params
 from jobs.models import Job
-from tests.api.factories import add_job, key_id, make_zip, orl_files, upload
-from tests.fault.support import FAST_LEASES, events, job_row, run_starts, submit, wait_row
-from tests.services import Stack
+from tests.support.factories import add_job, key_id, make_zip, orl_files, upload
+from tests.support.faults import FAST_LEASES, events, job_row, run_starts, wait_row
+from tests.support.jobs import submit
+from tests.support.services import Stack
 from workers.reaper import reap_once
 
 # Seeded, and measured to blow up: SGD at lr 10 with heavy momentum and weight decay on a tiny

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fault.conftest import S3Stack
-from tests.fault.servers import TcpProxy, TripwireProxy
-from tests.fault.support import (
+from tests.support import wait_for
+from tests.support.faults import (
     FAST_LEASES,
     artifacts,
     assert_artifacts_intact,
@@ -19,10 +18,10 @@ from tests.fault.support import (
     metric_values,
     readiness,
     run_starts,
-    submit,
     wait_row,
 )
-from tests.support import wait_for
+from tests.support.jobs import submit
+from tests.support.servers import S3Stack, TcpProxy, TripwireProxy
 
 DURATION = 4
 

@@ -21,16 +21,11 @@ import pytest
 import torch
 
 from jobs.models import Job
-from tests.fault.support import (
-    FAST_LEASES,
-    assert_artifacts_intact,
-    events,
-    run_starts,
-    submit,
-)
-from tests.fault.test_sigkill import kill_each_once
-from tests.platform.factories import TINY_ARCFACE
-from tests.services import Stack
+from tests.support.factories import TINY_ARCFACE
+from tests.support.faults import FAST_LEASES, assert_artifacts_intact, events, run_starts
+from tests.support.jobs import submit
+from tests.support.kills import kill_each_once
+from tests.support.services import Stack
 
 N_JOBS, N_WORKERS, SEED = 20, 3, 11
 DEADLINE_SECONDS = 600

@@ -23,7 +23,7 @@ import pytest
 from ml.arcface.train import TrainConfig, TrainedEmbedding, train_embedding
 from ml.core.callbacks import LocalCallbacks
 from ml.data import ImageDataset, load_mnist
-from tests.ml.threads import one_torch_thread
+from tests.support.threads import one_torch_thread
 
 MNIST_ARCFACE_CONFIG = TrainConfig(
     backbone="se_resnet18",
@@ -66,7 +66,7 @@ def mnist_arcface(mnist32: ImageDataset) -> TrainedEmbedding:
 
 @pytest.fixture
 def one_thread() -> Iterator[None]:
-    """The test runs with one torch thread (`tests.ml.threads`): its training gives the same numbers
+    """The test runs with one torch thread (`tests.support.threads`): its training gives the same numbers
     whatever OMP_NUM_THREADS or torch's default thread count is."""
     with one_torch_thread():
         yield

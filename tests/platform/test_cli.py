@@ -11,10 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
-from tests.platform.s3server import free_ports
-from tests.services import REPO, Stack
+from tests.support.jobs import wait_http
+from tests.support.s3server import free_ports
+from tests.support.services import REPO, Stack
 
 
 def facejobs(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -22,18 +21,6 @@ def facejobs(*args: str, env: dict[str, str], timeout: float = 120) -> subproces
         [sys.executable, "-m", "stack.cli", *args],
         cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
-
-
-def wait_http(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"{url} did not answer in {timeout}s")
 
 
 def test_up_runs_the_embedded_stack_without_redis(tmp_path: Path) -> None:

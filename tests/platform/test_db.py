@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from jobs.db import session_scope
 from jobs.models import Job, JobEvent
-from tests.platform.factories import make_job, make_key
+from tests.support.factories import make_job, make_key
 
 
 def _synchronous_commit(s: Session) -> str | None:

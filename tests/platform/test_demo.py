@@ -11,7 +11,7 @@ import pytest
 from client.sdk import Client
 from jobs.kinds import registry
 from stack.demo import SAVE_AS, UPLOAD_PER_CLASS, _fill, digits_archive, pipeline, placeholders
-from tests.services import Stack
+from tests.support.services import Stack
 
 
 def test_every_demo_step_names_a_registered_kind_with_valid_params() -> None:

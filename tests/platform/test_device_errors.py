@@ -11,24 +11,12 @@ import torch
 
 from jobs.kinds import registry
 from jobs.params.probe import ProbeParams
-from tests.platform.test_worker import submit
-from tests.services import Stack
+from tests.support.jobs import event_tuples as events
+from tests.support.jobs import owner_of, submit
+from tests.support.services import Stack
 from workers.device_faults import OOM_HINTS, DeviceUnavailableError, classify, oom_message, resolve_device
 
 ILLEGAL_ACCESS = "CUDA error: an illegal memory access was encountered"
-
-
-def events(stack: Stack, job_id: str) -> list[tuple[int, str, str]]:
-    data = stack.client.get(f"/jobs/{job_id}/events").json()["data"]
-    return [(e["attempt"], e["type"], e["message"]) for e in data if e["type"] in ("status", "error")]
-
-
-def owner_of(stack: Stack, job_id: str, attempt: int) -> str:
-    """The lease owner (node/pid) of an attempt, from its "running on ..." event."""
-    for a, type_, message in events(stack, job_id):
-        if a == attempt and type_ == "status" and message.startswith("running on "):
-            return message.removeprefix("running on ").split(" (attempt")[0]
-    raise AssertionError(f"no running event for attempt {attempt} of {job_id}: {events(stack, job_id)}")
 
 
 def test_a_fatal_device_error_requeues_the_job_to_a_fresh_process(stack: Stack) -> None:

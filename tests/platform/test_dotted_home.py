@@ -19,8 +19,8 @@ import pytest
 
 from client.sdk import Client
 from jobs.models import Dataset
-from tests.api.factories import make_zip, upload
-from tests.services import Stack, _embedded_env, serve_stack
+from tests.support.factories import make_zip, upload
+from tests.support.services import Stack, _embedded_env, serve_stack
 
 PEOPLE = [f"s{i}" for i in range(1, 11)]
 IMAGES = range(1, 9)  # 8 of each person's 10: 80 images

@@ -15,10 +15,9 @@ from client.sdk import Client
 from jobs.models import Dataset
 from jobs.store import join_key
 from ml.metrics.verification import auc, roc_curve
-from tests.api.factories import make_zip, upload
-from tests.api.test_verify_route import register_model
-from tests.ml.faces.test_embed import orl_model_folder
-from tests.services import Stack
+from tests.support.faces import orl_model_folder, register_model
+from tests.support.factories import make_zip, upload
+from tests.support.services import Stack
 
 PEOPLE = [f"s{i}" for i in range(1, 11)]  # 100 images: the detector's CPU time stays a few seconds
 # Decodable images the API stores, which still give no face (reason per file).

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from tests.api.factories import make_zip, upload
-from tests.platform.test_worker import FAST_LEASES, download, submit, wait_for
-from tests.services import Stack
+from tests.support.factories import make_zip, upload
+from tests.support.jobs import FAST_LEASES, download, submit
+from tests.support.jobs import wait_job_until as wait_for
+from tests.support.services import Stack
 
 EPOCHS = 4
 # The 1,348 training images of 16x16 digits, base width 8: an epoch is a few seconds on 2 busy cores.

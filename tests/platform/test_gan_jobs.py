@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.api.factories import upload
-from tests.platform.test_worker import FAST_LEASES, download, submit
-from tests.services import Stack
+from tests.support.factories import upload
+from tests.support.jobs import FAST_LEASES, download, submit
+from tests.support.services import Stack
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 

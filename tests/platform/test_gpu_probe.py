@@ -9,9 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.platform.test_device_errors import owner_of
-from tests.platform.test_worker import submit
-from tests.services import Stack
+from tests.support.jobs import owner_of, submit
+from tests.support.services import Stack
 from workers.runners.probe import device_info, timed_matmul
 
 

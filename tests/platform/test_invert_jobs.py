@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 import torch
 
-from tests.platform.factories import TINY_ARCFACE
-from tests.platform.test_worker import FAST_LEASES, download, submit, wait_for
-from tests.services import Stack, _stack
+from tests.support.factories import TINY_ARCFACE
+from tests.support.jobs import FAST_LEASES, download, submit
+from tests.support.jobs import wait_job_until as wait_for
+from tests.support.services import Stack, _stack
 
 pytestmark = pytest.mark.services
 

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from jobs.migrate import downgrade, upgrade
 from jobs.models import Base
-from tests.services import PG_ADMIN_URL
+from tests.support.services import PG_ADMIN_URL
 
 TABLES = {"alembic_version", "api_keys", "artifacts", "datasets", "job_events", "jobs", "models", "workers"}
 

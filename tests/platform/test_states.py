@@ -22,7 +22,7 @@ from jobs.states import (
     retry,
     utcnow,
 )
-from tests.platform.factories import make_job, make_key
+from tests.support.factories import make_job, make_key
 
 
 def _new_job(url: str, **values: object) -> str:

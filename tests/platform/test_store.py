@@ -14,8 +14,8 @@ import pytest
 from jobs.errors import TransientError
 from jobs.settings import Settings
 from jobs.store import InvalidKey, LocalStore, ObjectMissing, S3Store, Store, check_key, join_key
-from tests.platform.s3server import S3Server
 from tests.support import wait_for
+from tests.support.s3server import S3Server
 
 
 def s3_settings(server: S3Server, **extra: object) -> Settings:

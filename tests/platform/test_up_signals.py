@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.platform.s3server import free_ports
-from tests.platform.test_cli import wait_http
-from tests.services import REPO
+from tests.support.jobs import wait_http
+from tests.support.s3server import free_ports
+from tests.support.services import REPO
 
 PASSWORD = "s3cret-never-printed"
 

@@ -6,50 +6,13 @@ import io
 import json
 import os
 import signal
-from collections.abc import Callable
-from typing import Any
 
-import httpx
 import pytest
 import torch
 
-from tests import support
-from tests.services import Stack
-
-FAST_LEASES = {
-    "FACEJOBS_LEASE_SECONDS": "5",
-    "FACEJOBS_HEARTBEAT_SECONDS": "0.5",
-    "FACEJOBS_REAPER_INTERVAL_SECONDS": "1",
-    "FACEJOBS_PROGRESS_MIN_INTERVAL_SECONDS": "0.2",
-}
-
-
-def submit(stack: Stack, params: dict[str, object], kind: str = "probe") -> str:
-    resp = stack.client.post("/jobs", json={"kind": kind, "params": params})
-    assert resp.status_code == 201, resp.text
-    return str(resp.json()["id"])
-
-
-def download(stack: Stack, path: str) -> bytes:
-    """An artifact's bytes: streamed by the API (local store) or from the presigned S3 URL it redirects to."""
-    resp = stack.client.get(path, follow_redirects=False)
-    if stack.name == "services":
-        assert resp.status_code == 307, resp.text
-        resp = httpx.get(resp.headers["location"])
-    assert resp.status_code == 200, resp.text
-    return resp.content
-
-
-def wait_for(
-    stack: Stack, job_id: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60.0
-) -> dict[str, Any]:
-    """The job as the API shows it, once `predicate` holds for it."""
-
-    def matching() -> dict[str, Any] | None:
-        job: dict[str, Any] = stack.client.get(f"/jobs/{job_id}").json()
-        return job if predicate(job) else None
-
-    return support.wait_for(matching, timeout, f"job {job_id} to match the test's condition")
+from tests.support.jobs import FAST_LEASES, download, submit
+from tests.support.jobs import wait_job_until as wait_for
+from tests.support.services import Stack
 
 
 def test_probe_runs_end_to_end(stack: Stack) -> None:

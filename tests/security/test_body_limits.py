@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.security.conftest import ServedApp
-from tests.services import Stack
+from tests.support.served import ServedApp
+from tests.support.services import Stack
 
 HUGE = 10 * 1024**3  # 10 GiB, declared and never sent
 BOUNDARY = "fjboundary"

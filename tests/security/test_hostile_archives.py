@@ -25,10 +25,10 @@ import pytest
 from sqlalchemy import func, select
 
 from jobs.models import Dataset, Model
-from tests.api.factories import make_tar, make_zip, orl_files
-from tests.platform.s3server import free_ports
-from tests.platform.test_cli import wait_http
-from tests.services import REPO, Stack
+from tests.support.factories import make_tar, make_zip, orl_files
+from tests.support.jobs import wait_http
+from tests.support.s3server import free_ports
+from tests.support.services import REPO, Stack
 
 pytestmark = pytest.mark.security
 MIB = 1024 * 1024

@@ -21,9 +21,9 @@ from jobs.models import Job, Model, Worker, new_id
 from jobs.redact import redact_url, scrub_paths
 from jobs.refs import Ref, find_refs, parse_ref
 from jobs.states import JobStatus, utcnow
-from tests.api.factories import add_job, key_id, make_zip, upload
-from tests.api.test_verify_route import post_verify
-from tests.services import Stack
+from tests.support.faces import post_verify
+from tests.support.factories import add_job, key_id, make_zip, upload
+from tests.support.services import Stack
 
 pytestmark = pytest.mark.security
 SERVER_PATH = re.compile(r"(?<![\w.:/~-])/(?:[\w.@+~-]+/)+")

@@ -18,8 +18,8 @@ from jobs.models import Artifact, Job
 from jobs.params.probe import ProbeParams
 from jobs.states import JobStatus
 from jobs.store import InvalidKey
-from tests.api.factories import add_artifact, add_job, key_id, make_tar, make_zip, orl_files, tiny_weights, upload
 from tests.support import app_routes
+from tests.support.factories import add_artifact, add_job, key_id, make_tar, make_zip, orl_files, tiny_weights, upload
 from workers.context import JobContext
 
 HOSTILE_NAMES = [

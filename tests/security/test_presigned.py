@@ -8,9 +8,9 @@ import httpx
 import pytest
 
 from jobs.states import JobStatus
-from tests.api.factories import add_artifact, add_job, client_for, key_id
-from tests.services import Stack
 from tests.support import wait_for
+from tests.support.factories import add_artifact, add_job, client_for, key_id
+from tests.support.services import Stack
 
 
 @pytest.mark.security

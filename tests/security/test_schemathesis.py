@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 
 from jobs.states import JobStatus
-from tests.api.factories import add_artifact, add_job, key_id, make_zip, orl_files, tiny_weights, upload
-from tests.security.conftest import ServedApp
-from tests.services import Stack
 from tests.support import app_routes
+from tests.support.factories import add_artifact, add_job, key_id, make_zip, orl_files, tiny_weights, upload
+from tests.support.served import ServedApp
+from tests.support.services import Stack
 
 HIDDEN_FROM_SCHEMA = {
     ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc"),

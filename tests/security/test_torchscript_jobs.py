@@ -19,8 +19,6 @@ from jobs.models import Model, new_id
 from jobs.states import utcnow
 from ml.gan.dcgan import DCGANGenerator
 from ml.gan.generator import save_generator
-from tests.api.factories import key_id, upload
-from tests.platform.test_worker import FAST_LEASES, download, submit
 from tests.security.programs import (
     LATENT_DIM,
     SECRET,
@@ -29,7 +27,9 @@ from tests.security.programs import (
     LoadTimeWriter,
     scripted,
 )
-from tests.services import Stack
+from tests.support.factories import key_id, upload
+from tests.support.jobs import FAST_LEASES, download, submit
+from tests.support.services import Stack
 
 pytestmark = pytest.mark.security
 

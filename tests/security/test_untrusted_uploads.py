@@ -18,10 +18,10 @@ from sqlalchemy import update
 from jobs.models import Job
 from jobs.states import JobStatus
 from jobs.weights_file import WeightsFileError, check_weights_file
-from tests.api.factories import add_artifact, add_job, key_id, upload
-from tests.platform.test_worker import submit
 from tests.security.payloads import Payload, saved, tiny_model, with_payload
-from tests.services import Stack
+from tests.support.factories import add_artifact, add_job, key_id, upload
+from tests.support.jobs import submit
+from tests.support.services import Stack
 
 pytestmark = pytest.mark.security
 UNSAFE = "was refused: its pickle names posix.system, which is not tensor data"

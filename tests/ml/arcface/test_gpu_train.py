@@ -16,8 +16,8 @@ from ml.arcface.train import TrainConfig, TrainingStopped, train_embedding
 from ml.core.callbacks import LocalCallbacks
 from ml.core.determinism import CUBLAS_WORKSPACE, deterministic
 from ml.data import load_digits
-from tests.conftest import need_gpu
-from tests.gpu_support import full_fp32
+from tests.support import need_gpu
+from tests.support.gpu import full_fp32
 
 # cuBLAS reads its workspace setting when CUDA starts: set it before any test of the session does.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)

@@ -10,7 +10,7 @@ import torch
 from ml.faces.decode import list_files
 from ml.faces.detect import Detection, FaceDetector, Prepared
 from ml.faces.embed import EmbedSettings, embed_dataset
-from tests.ml.faces.test_embed import ORL_DETECTOR, tiny_model
+from tests.support.faces import ORL_DETECTOR, tiny_model
 
 
 class FaultyDetector(FaceDetector):

@@ -2,57 +2,26 @@
 
 from __future__ import annotations
 
-import atexit
 import csv
-import functools
 import io
 import json
 import shutil
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from torch import nn
 
-from ml.arcface.model import Normalization, save_trained
-from ml.arcface.train import TrainConfig, TrainedEmbedding, train_embedding
-from ml.backbones import create_backbone
+from ml.arcface.train import TrainedEmbedding
 from ml.core.callbacks import LocalCallbacks
-from ml.data import ImageDataset
-from ml.faces.align import align_faces
 from ml.faces.decode import DecodeLimits, list_files
-from ml.faces.detect import DetectorSettings, FaceDetector
+from ml.faces.detect import FaceDetector
 from ml.faces.embed import INDEX_COLUMNS, EmbedResult, EmbedSettings, EmbedStopped, embed_dataset, embed_image
-from ml.faces.models import FaceModel, load_trained_model
+from ml.faces.models import load_trained_model
 from ml.metrics.verification import auc, roc_curve
-from tests.ml.threads import one_torch_thread
-
-# ORL faces are ~70 px wide in 92x112 frames: a 40 px minimum finds all of them with fewer pyramid levels.
-ORL_DETECTOR = DetectorSettings(min_face_size=40, batch_size=50)
-
-
-class CountingNet(nn.Module):
-    """A tiny random backbone that counts the samples it embeds (to prove no face is embedded twice)."""
-
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.net = create_backbone("se_resnet18", embedding_size=16, in_channels=1, input_size=32, base_width=4)
-        self.net.eval()
-        self.samples = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.samples += x.shape[0]
-        return self.net(x)
-
-
-def tiny_model(seed: int = 0) -> FaceModel:
-    return FaceModel(CountingNet(seed).eval(), "tiny", (32, 32), 1, Normalization.uniform(1), 112, "none", 16)
+from tests.support.faces import ORL_DETECTOR, detect_orl, tiny_model, train_orl_model
 
 
 def _png_bomb(width: int, height: int) -> bytes:
@@ -206,70 +175,6 @@ def test_a_checkpoint_of_other_settings_is_refused(orl_dir: Path, tmp_path: Path
 
 
 # -- ORL: every image one face, trained model separates identities ------------------------------
-
-
-def detect_orl(orl_dir: Path) -> tuple[list[tuple[str, Path]], EmbedResult]:
-    """Pass 1 over the 300 ORL images with every face kept: the landmarks to train on.
-
-    One torch thread: MTCNN's landmarks move in their last bits with the thread count, and the
-    model trained on these crops would differ with them.
-    """
-    files = list_files(orl_dir)
-    settings = EmbedSettings(detector=DetectorSettings(min_face_size=40, batch_size=50, faces="all"), flip_tta=False)
-    with one_torch_thread():
-        return files, embed_dataset(files, tiny_model(), settings)
-
-
-def train_orl_model(orl_dir: Path, detected: EmbedResult, folder: Path) -> TrainedEmbedding:
-    """se_resnet18 (width 8, 40x40 grey) trained with ArcFace on aligned faces of 20 ORL people, saved
-    in `folder` as a train_embedding job stores it (backbone.pt, arcface.pt, config.json, metrics.json).
-
-    One torch thread: the numbers below were measured so, and a shared 2-core machine trains this
-    small network several times faster without OpenMP threads waiting on each other.
-    """
-    crops, labels, names = [], [], []
-    for row in detected.index:
-        rgb = np.array(Image.open(orl_dir / row["key"]).convert("RGB"))
-        img = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
-        lm = torch.tensor([[[row[f"lm{i}_x"], row[f"lm{i}_y"]] for i in range(5)]])
-        crops.append(align_faces(img, lm, 112).mean(1, keepdim=True))
-        person = row["key"].split("/")[0]
-        names += [person] if person not in names else []
-        labels.append(names.index(person))
-    data = ImageDataset(torch.cat(crops), torch.tensor(labels), names, source="orl-aligned")
-    config = TrainConfig(
-        backbone="se_resnet18",
-        backbone_kwargs={"base_width": 8},
-        embedding_size=64,
-        image_size=40,
-        margin=11.5,
-        scale=32.0,
-        epochs=30,
-        batch_size=32,
-        lr=0.05,
-        augment_shift=3,
-        augment_flip=True,
-        flip_tta=True,
-        split_by="identity",
-        test_fraction=1 / 3,
-        seed=0,
-    )
-    with one_torch_thread():
-        trained = train_embedding(data, config, LocalCallbacks())
-    save_trained(folder, trained.backbone, trained.arcface_weight, trained.config, trained.class_names)
-    (folder / "metrics.json").write_text(json.dumps(trained.metrics))
-    return trained
-
-
-@functools.cache
-def orl_model_folder(orl_dir: Path) -> tuple[Path, tuple[str, ...]]:
-    """`train_orl_model` once per test process (the API and platform tests share it): its folder and
-    the people it was trained on (the other 10 are unseen)."""
-    folder = Path(tempfile.mkdtemp(prefix="orl-model-"))
-    atexit.register(shutil.rmtree, folder, True)
-    _, detected = detect_orl(orl_dir)
-    trained = train_orl_model(orl_dir, detected, folder)
-    return folder, tuple(trained.class_names)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from PIL import Image
 from ml.faces.decode import list_files
 from ml.faces.detect import DetectorSettings, FaceDetector, Unusable
 from ml.faces.embed import EmbedSettings, embed_dataset
-from tests.ml.faces.test_embed import tiny_model
+from tests.support.faces import tiny_model
 
 
 def strip_png(width: int = 1_000_000, height: int = 16) -> bytes:

@@ -15,8 +15,8 @@ from ml.gan.metrics import psnr
 from ml.gan.recover import recover_latent
 from ml.gan.train_encoder import EncoderConfig, train_encoder
 from ml.gan.train_gan import DCGANConfig, export_dcgan, train_dcgan
-from tests.conftest import need_gpu
-from tests.gpu_support import full_fp32
+from tests.support import need_gpu
+from tests.support.gpu import full_fp32
 
 pytestmark = pytest.mark.gpu
 

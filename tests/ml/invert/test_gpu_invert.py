@@ -17,8 +17,8 @@ from torch import nn
 from ml.core.callbacks import LocalCallbacks
 from ml.core.determinism import CUBLAS_WORKSPACE, deterministic
 from ml.invert.inversion import InversionConfig, invert
-from tests.conftest import need_gpu
-from tests.gpu_support import full_fp32, rgb_model
+from tests.support import need_gpu
+from tests.support.gpu import full_fp32, rgb_model
 
 # cuBLAS reads its workspace setting when CUDA starts: set it before any test of the session does.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)

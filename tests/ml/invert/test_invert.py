@@ -24,7 +24,7 @@ from ml.arcface.train import save_trained
 from ml.core.callbacks import LocalCallbacks
 from ml.data import ImageDataset
 from ml.invert.inversion import InversionConfig, InversionError, grid_png, invert
-from tests.ml.threads import one_torch_thread
+from tests.support.threads import one_torch_thread
 from workers.runners import Preempted
 from workers.runners.invert import run_invert
 

@@ -12,8 +12,8 @@ import torch
 from sqlalchemy import select
 
 from jobs.models import Artifact, Job, JobEvent
-from tests.services import Stack
 from tests.support import wait_for
+from tests.support.services import Stack
 
 # Leases short enough that a lost worker is noticed in seconds, not minutes.
 FAST_LEASES = {
@@ -23,12 +23,6 @@ FAST_LEASES = {
     "FACEJOBS_PROGRESS_MIN_INTERVAL_SECONDS": "0.2",
 }
 TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-def submit(stack: Stack, params: dict[str, Any], kind: str = "probe", **extra: Any) -> str:
-    resp = stack.client.post("/jobs", json={"kind": kind, "params": params, **extra})
-    assert resp.status_code == 201, resp.text
-    return str(resp.json()["id"])
 
 
 def job_row(stack: Stack, job_id: str) -> Job:

@@ -16,10 +16,11 @@ from PIL import Image
 from sqlalchemy import delete
 
 from jobs.keys import lookup_key
-from jobs.models import Artifact, Job, JobEvent, new_id
+from jobs.models import Artifact, JobEvent
 from jobs.states import JobStatus, utcnow
 from jobs.store import join_key
-from tests.services import Stack
+from tests.support.factories import job_row
+from tests.support.services import Stack
 
 
 def owner_id(stack: Stack, key: str | None = None) -> str:
@@ -33,17 +34,13 @@ def owner_id(stack: Stack, key: str | None = None) -> str:
 def add_job(stack: Stack, kind: str = "probe", status: JobStatus = JobStatus.QUEUED, key: str | None = None,
             **values: Any) -> str:  # fmt: skip
     """A job row of the stack's key (or `key`), with a `queued` status event at its creation."""
-    now = utcnow()
-    row: dict[str, Any] = {
-        "id": new_id(), "kind": kind, "params": {}, "status": status, "queue": "gpu",
-        "owner_id": owner_id(stack, key), "created_at": now, "updated_at": now, "max_attempts": 3,
-    }  # fmt: skip
-    row.update(values)
+    # updated_at is now even for a row dated in the past (created_at in `values`), as the dashboard shows it.
+    job = job_row(owner_id(stack, key), kind, status, **{"updated_at": utcnow(), **values})
     with stack.session() as s:
-        s.add(Job(**row))
+        s.add(job)
         s.flush()
-        s.add(JobEvent(job_id=row["id"], attempt=0, type="status", message="queued", created_at=row["created_at"]))
-    return str(row["id"])
+        s.add(JobEvent(job_id=job.id, attempt=0, type="status", message="queued", created_at=job.created_at))
+    return str(job.id)
 
 
 def add_events(stack: Stack, job_id: str, events: list[dict[str, Any]]) -> None:

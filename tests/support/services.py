@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.platform.s3server import S3Server, start_s3
+from tests.support.s3server import S3Server, start_s3
 
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/11"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TABLES = ("job_events", "artifacts", "jobs", "datasets", "models", "workers", "api_keys")
 
 

@@ -14,8 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import pytest
 from fastapi.routing import iter_route_contexts
 from starlette.routing import Mount
+
+from jobs.settings import get_settings
 
 T = TypeVar("T")
 POLL_SECONDS = 0.05
@@ -54,7 +57,7 @@ def app_routes(app: Any) -> set[tuple[str, str]]:
             routes.add(("MOUNT", path))
             continue
         methods = route.methods
-        assert methods, f"route {path} answers no method: classify it by hand in tests/support.py"
+        assert methods, f"route {path} answers no method: classify it by hand in tests/support/__init__.py"
         routes |= {(m, path) for m in methods if m != "HEAD"}
     return routes
 
@@ -74,3 +77,19 @@ def model_config(backbone_kwargs: dict[str, Any], size: int, channels: int = 1) 
         "margin": 28.6,
         "scale": 64.0,
     }
+
+
+def need_gpu() -> Any:
+    """The CUDA device, or skip (fail under FACEJOBS_REQUIRE_GPU=1) where torch sees none.
+
+    Every `gpu`-marked test calls it before it runs (`pytest_runtest_setup` below), so on a GPU host
+    the smoke script's FACEJOBS_REQUIRE_GPU=1 turns a broken CUDA setup into failures, not skips.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        reason = f"needs a CUDA device: torch {torch.__version__} (CUDA {torch.version.cuda}) sees none"
+        if get_settings().require_gpu:
+            pytest.fail(reason + " (FACEJOBS_REQUIRE_GPU=1 forbids skipping)")
+        pytest.skip(reason)
+    return torch.device("cuda")

@@ -16,9 +16,11 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.platform.s3server import PORT_FLAGS, free_ports, weed_binary
+from tests.support.s3server import PORT_FLAGS, free_ports, weed_binary
+from tests.support.services import Stack
 
 
 def wait_port(port: int, up: bool, timeout: float = 30.0) -> None:
@@ -243,3 +245,15 @@ class TripwireProxy(TcpProxy):
         finally:
             with contextlib.suppress(OSError):
                 dst.shutdown(socket.SHUT_WR)
+
+
+@dataclass
+class RedisStack:
+    stack: Stack
+    redis: RedisServer
+
+
+@dataclass
+class S3Stack:
+    stack: Stack
+    s3: RestartableS3

@@ -1,10 +1,15 @@
-"""Builders for the API tests: rows written straight to the database, archives, hostile images."""
+"""Builders for tests: rows written straight to the database, archives, hostile images, tiny job params.
+
+`job_row` is the one job factory: `add_job` (through a stack), `make_job` (in a session the test
+holds) and the browser seed's `add_job` all build their rows with it.
+"""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import io
+import secrets
 import struct
 import tarfile
 import zipfile
@@ -14,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
 
 from jobs.keys import lookup_key
-from jobs.models import Artifact, Job, new_id
+from jobs.models import ApiKey, Artifact, Job, new_id
 from jobs.states import JobStatus, utcnow
 
 ORL_IDS = ("s1", "s2", "s3")
@@ -30,6 +36,41 @@ def key_id(stack: Any, key: str | None = None) -> str:
         return row.id
 
 
+# Params of a `train_embedding` job that makes a tiny ArcFace model in seconds on a CPU worker
+# (se_resnet18 at base width 4, sklearn's digits at 16x16, one epoch): what the end-to-end tests
+# of `invert` (platform, fault and browser) invert as `job:<id>`.
+TINY_ARCFACE: dict[str, Any] = {
+    "dataset": "builtin:digits",
+    "backbone": "se_resnet18",
+    "base_width": 4,
+    "embedding_size": 32,
+    "image_size": 16,
+    "epochs": 1,
+    "batch_size": 64,
+    "split_by": "sample",
+    "max_pairs": 100,
+    "folds": 2,
+    "seed": 0,
+}
+
+
+def job_row(
+    owner: str,
+    kind: str = "probe",
+    status: JobStatus = JobStatus.QUEUED,
+    created_at: datetime | None = None,
+    **values: Any,
+) -> Job:
+    """A job row of `owner` in queue gpu with no params and three attempts (not yet in a session)."""
+    now = created_at or utcnow()
+    row: dict[str, Any] = {
+        "id": new_id(), "kind": kind, "params": {}, "status": status, "queue": "gpu", "owner_id": owner,
+        "created_at": now, "updated_at": now, "max_attempts": 3,
+    }  # fmt: skip
+    row.update(values)
+    return Job(**row)
+
+
 def add_job(
     stack: Any,
     owner: str,
@@ -39,22 +80,26 @@ def add_job(
     **values: Any,
 ) -> str:
     """Insert a job row directly (no broker message); its id."""
-    now = created_at or utcnow()
-    job = Job(
-        id=new_id(),
-        kind=kind,
-        params={},
-        status=status,
-        queue="gpu",
-        owner_id=owner,
-        created_at=now,
-        updated_at=now,
-        max_attempts=3,
-        **values,
-    )
+    job = job_row(owner, kind, status, created_at, **values)
     with stack.session() as s:
         s.add(job)
     return job.id
+
+
+def make_key(s: Session, name: str = "k") -> ApiKey:
+    """A key row in the test's session (its secret is never needed: the test holds the session)."""
+    key = ApiKey(name=name, prefix=secrets.token_hex(4), key_hash=secrets.token_hex(32))
+    s.add(key)
+    s.flush()
+    return key
+
+
+def make_job(s: Session, owner: ApiKey, kind: str = "probe", **values: Any) -> Job:
+    """A job row of `owner` in the test's session, flushed; params default to a 64x64 probe."""
+    job = job_row(owner.id, kind, params=values.pop("params", {"matmul_size": 64}), **values)
+    s.add(job)
+    s.flush()
+    return job
 
 
 def add_artifact(stack: Any, job_id: str, name: str, data: bytes, content_type: str, store: bool = True) -> None:
