@@ -10,14 +10,12 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from jobs.kindspec import KindSpec
+from jobs.refs import DATASET_FILE, DATASET_REF_PATTERN, WEIGHTS_REF_PATTERN, ref_pattern
 
-DATASET_REF_PATTERN = r"^(builtin:(digits|mnist)|dataset:[A-Za-z0-9_-]{1,64})$"
 # "facenet:<weights>" (InceptionResnetV1) or "job:<id>" (a train_embedding job's backbone).
-EMBED_MODEL_PATTERN = r"^(facenet:(vggface2|casia-webface)|job:[A-Za-z0-9_-]{1,64})$"
-WEIGHTS_REF_PATTERN = r"^model:[A-Za-z0-9_-]{1,64}$"
+EMBED_MODEL_PATTERN = ref_pattern("job", also=("facenet:vggface2", "facenet:casia-webface"))
 WARP_SPACES = Literal["none", "roi_tanh", "roi_tanh_polar", "roi_tanh_circular"]
 MAX_VERIFY_IMAGE_BYTES = 8 * 1024 * 1024
-_DATASET_KEY = re.compile(r"^(dataset:[A-Za-z0-9_-]{1,64})/(.+)$")
 # An image POST /verify received and stored under the job's prefix (jobs/<id>/inputs/<name>).
 INPUT_NAMES = ("image_a", "image_b")
 _INPUT_REF = re.compile(r"^input:(image_a|image_b)$")
@@ -142,7 +140,7 @@ def parse_image_ref(value: str) -> tuple[str, str] | bytes:
     inp = _INPUT_REF.match(value)
     if inp is not None:
         return "input", inp.group(1)
-    m = _DATASET_KEY.match(value)
+    m = DATASET_FILE.match(value)
     if m is not None:
         key = m.group(2)
         parts = key.split("/")
@@ -205,6 +203,7 @@ KINDS = [
         runner="workers.runners.embed:run_embed",
         description="Bulk face embedding: MTCNN detection, 5-point alignment, batched FaceNet or trained "
         "backbone, flip TTA: embeddings.npy, index.csv, failures.csv, config.json.",
+        oom_hints=("detect_batch_size", "embed_batch_size", "detect_size", "upscale_below"),
     ),
     KindSpec(
         name="verify",
@@ -212,5 +211,6 @@ KINDS = [
         queue="cpu",
         runner="workers.runners.embed:run_verify",
         description="Two face images -> cosine distance, the model's threshold, same or different person.",
+        oom_hints=("upscale_below",),
     ),
 ]

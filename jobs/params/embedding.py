@@ -7,12 +7,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.kindspec import KindSpec
+from jobs.refs import DATASET_REF_PATTERN, MODEL_REF_PATTERN
 
 # Mirrors ml.backbones.list_backbones(); a test keeps the two in step.
 BACKBONES = ("se_resnet18", "iresnet18", "iresnet50")
 WARPS = ("none", "roi_tanh", "roi_tanh_polar", "roi_tanh_circular")
-DATASET_REF_PATTERN = r"^(builtin:(digits|mnist)|dataset:[A-Za-z0-9_-]{1,64})$"
-MODEL_REF_PATTERN = r"^(job|model):[A-Za-z0-9_-]{1,64}$"
 
 
 class TrainEmbeddingParams(BaseModel):
@@ -110,6 +109,7 @@ KINDS = [
         runner="workers.runners.embedding:run_train_embedding",
         description="ArcFace (pytorch-metric-learning) training of se_resnet18/iresnet18/iresnet50, "
         "evaluated on a held-out split: backbone.pt, arcface.pt, config.json, metrics, plots.",
+        oom_hints=("batch_size", "image_size", "base_width"),
     ),
     KindSpec(
         name="evaluate",
@@ -118,5 +118,6 @@ KINDS = [
         runner="workers.runners.embedding:run_evaluate",
         description="Verification of a trained model on a labelled dataset: ROC, AUC, 10-fold threshold, "
         "TAR@FAR, identification.",
+        oom_hints=("max_samples",),
     ),
 ]

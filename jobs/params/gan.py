@@ -7,9 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from jobs.kindspec import KindSpec
+from jobs.refs import DATASET_REF_PATTERN, MODEL_REF_PATTERN
 
-DATASET_REF = r"^(builtin:(mnist|digits)|dataset:[A-Za-z0-9_.\-]+)$"
-MODEL_REF = r"^(job|model):[A-Za-z0-9_.\-]+$"
 Method = Literal["gradient", "gradient+clip", "encoder", "encoder+refine"]
 
 
@@ -17,7 +16,7 @@ class TrainGeneratorParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field(
-        "builtin:mnist", pattern=DATASET_REF, description='"builtin:mnist", "builtin:digits" or "dataset:<id>".'
+        "builtin:mnist", pattern=DATASET_REF_PATTERN, description='"builtin:mnist", "builtin:digits" or "dataset:<id>".'
     )
     channels: Literal["grey", "rgb"] | None = Field(None, description="Convert the images (default: keep theirs).")
     max_images: int | None = Field(None, ge=2, le=10_000_000, description="Train on the first this many images.")
@@ -41,7 +40,7 @@ class TrainEncoderParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     generator: str = Field(
-        ..., pattern=MODEL_REF, description='"job:<id>" of a train_generator job or "model:<id>" of an upload.'
+        ..., pattern=MODEL_REF_PATTERN, description='"job:<id>" of a train_generator job or "model:<id>" of an upload.'
     )
     latent_dim: int | None = Field(None, ge=1, le=65536, description="Override (uploads without generator.json).")
     prior: Literal["normal", "uniform"] | None = Field(None, description="Override the generator's latent prior.")
@@ -57,7 +56,7 @@ class TrainEncoderParams(BaseModel):
     )
     perceptual_model: str | None = Field(
         None,
-        pattern=MODEL_REF,
+        pattern=MODEL_REF_PATTERN,
         description='Face network of the perceptual loss: "model:<id>" of uploaded facenet-pytorch '
         'InceptionResnetV1 weights, or "job:<id>" of a train_embedding job.',
     )
@@ -68,7 +67,7 @@ class TrainEncoderParams(BaseModel):
         "a trained backbone's last block of each stage).",
     )
     real_dataset: str | None = Field(
-        None, pattern=DATASET_REF, description="Real images for the optional second phase (pixel + perceptual)."
+        None, pattern=DATASET_REF_PATTERN, description="Real images for the optional second phase (pixel + perceptual)."
     )
     real_steps: int = Field(0, ge=0, le=10_000_000, description="Steps of the real-image phase.")
     max_real_images: int | None = Field(None, ge=1, le=10_000_000, description="Use the first this many.")
@@ -98,11 +97,11 @@ class RecoverLatentParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     generator: str = Field(
-        ..., pattern=MODEL_REF, description='"job:<id>" of a train_generator job or "model:<id>" of an upload.'
+        ..., pattern=MODEL_REF_PATTERN, description='"job:<id>" of a train_generator job or "model:<id>" of an upload.'
     )
     latent_dim: int | None = Field(None, ge=1, le=65536, description="Override (uploads without generator.json).")
     prior: Literal["normal", "uniform"] | None = Field(None, description="Override the generator's latent prior.")
-    encoder: str | None = Field(None, pattern=MODEL_REF, description='"job:<id>" of a train_encoder job.')
+    encoder: str | None = Field(None, pattern=MODEL_REF_PATTERN, description='"job:<id>" of a train_encoder job.')
     methods: list[Method] | None = Field(
         None,
         max_length=4,
@@ -110,7 +109,7 @@ class RecoverLatentParams(BaseModel):
         "when an encoder is given).",
     )
     dataset: str | None = Field(
-        None, pattern=DATASET_REF, description="Target images; none: images generated from known latents."
+        None, pattern=DATASET_REF_PATTERN, description="Target images; none: images generated from known latents."
     )
     num_targets: int = Field(50, ge=1, le=100_000, description="Targets (generated, or the dataset's first).")
     iterations: int = Field(200, ge=1, le=1_000_000, description="Adam steps of gradient and gradient+clip.")
@@ -124,7 +123,7 @@ class RecoverLatentParams(BaseModel):
     batch_size: int = Field(256, ge=1, le=65536, description="Targets recovered in parallel per batch.")
     face_model: str | None = Field(
         None,
-        pattern=MODEL_REF,
+        pattern=MODEL_REF_PATTERN,
         description="Face network for the embedding-cosine metric (facenet weights upload or train_embedding job).",
     )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds the generated targets, z0 and clipping draws.")
@@ -151,6 +150,7 @@ KINDS = [
         queue="gpu",
         runner="workers.runners.gan:run_train_generator",
         description="Train a DCGAN on a dataset and export its generator (TorchScript, z -> [-1, 1] images).",
+        oom_hints=("batch_size", "image_size", "g_width", "d_width"),
     ),
     KindSpec(
         name="train_encoder",
@@ -158,6 +158,7 @@ KINDS = [
         queue="gpu",
         runner="workers.runners.gan:run_train_encoder",
         description="Train a ResNet-18 encoder image -> z for a generator (latent, pixel and perceptual losses).",
+        oom_hints=("batch_size",),
     ),
     KindSpec(
         name="recover_latent",
@@ -165,5 +166,6 @@ KINDS = [
         queue="gpu",
         runner="workers.runners.gan:run_recover_latent",
         description="Recover latents of images: gradient descent, stochastic clipping, encoder, encoder+refine.",
+        oom_hints=("batch_size",),
     ),
 ]

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from jobs.kindspec import KindSpec
+from jobs.refs import MODEL_REF_PATTERN
 
 
 class InvertParams(BaseModel):
@@ -14,7 +15,7 @@ class InvertParams(BaseModel):
 
     model: str = Field(
         ...,
-        pattern=r"^(job|model):[A-Za-z0-9_.\-]+$",
+        pattern=MODEL_REF_PATTERN,
         description='The trained ArcFace model: "job:<id>" of a train_embedding job, or "model:<id>" of an upload.',
     )
     classes: list[int] | None = Field(
@@ -74,5 +75,6 @@ KINDS = [
         queue="gpu",
         runner="workers.runners.invert:run_invert",
         description="Class representations from a trained ArcFace model: BN statistics + ArcFace + image priors.",
+        oom_hints=("images_per_class", "classes"),
     )
 ]
