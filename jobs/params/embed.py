@@ -1,4 +1,4 @@
-"""Params of the `embed` (bulk face embedding) and `verify` (two images) kinds; pydantic and stdlib only."""
+"""Params of the `embed` (bulk face embedding) and `verify` (two images) kinds; no torch, no ml import."""
 
 from __future__ import annotations
 
