@@ -34,13 +34,37 @@ _ID = r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}"
 JOB_REF = re.compile(rf"^job:(?P<id>{_ID})(?:/(?P<path>[^\x00-\x1f]+))?$")
 MODEL_REF = re.compile(rf"^model:(?P<id>{_ID})$")
 DATASET_REF = re.compile(rf"^dataset:(?P<id>{_ID})(?:/(?P<path>[^\x00-\x1f]+))?$")
-BUILTIN_REF = re.compile(r"^builtin:(?P<id>digits|mnist)$")
+BUILTIN_DATASETS = ("digits", "mnist")
+BUILTIN_REF = re.compile(rf"^builtin:(?P<id>{'|'.join(BUILTIN_DATASETS)})$")
 PATTERNS: dict[RefKind, re.Pattern[str]] = {
     "job": JOB_REF,
     "model": MODEL_REF,
     "dataset": DATASET_REF,
     "builtin": BUILTIN_REF,
 }
+
+
+def ref_pattern(*kinds: RefKind, also: tuple[str, ...] = ()) -> str:
+    """A params field's `pattern=`: a reference of one of `kinds` (an id, no path) or a literal of `also`.
+
+    Built from the parsers' id rule, so a string a params model accepts is one `parse_ref` reads.
+
+    Args:
+        kinds: the kinds of reference the field takes ("builtin" is one of `BUILTIN_DATASETS`).
+        also: further values the field takes, plain names (e.g. "facenet:vggface2"), not escaped so the
+            schema's pattern stays readable.
+    """
+    alternatives = list(also)
+    alternatives += ["builtin:(" + "|".join(BUILTIN_DATASETS) + ")" if k == "builtin" else f"{k}:{_ID}" for k in kinds]
+    return "^(" + "|".join(alternatives) + ")$"
+
+
+# Every params model takes its reference fields' patterns from here, one definition each.
+DATASET_REF_PATTERN = ref_pattern("builtin", "dataset")
+MODEL_REF_PATTERN = ref_pattern("job", "model")
+WEIGHTS_REF_PATTERN = ref_pattern("model")
+# A file inside a caller's dataset ("dataset:<id>/<key>"): the dataset ref, then the key.
+DATASET_FILE = re.compile(rf"^(dataset:{_ID})/(.+)$")
 # What each kind of object is called in a "not found" message.
 NOUNS: dict[RefKind, str] = {"job": "job", "model": "model", "dataset": "dataset", "builtin": "builtin dataset"}
 

@@ -2,8 +2,8 @@
 
 `workers.runner` maps every exception to a job outcome in one place; this module holds the facts
 that mapping needs and that are about devices rather than about jobs: which device a worker uses
-(`FACEJOBS_DEVICE`), which params of each kind decide its memory (the hint an out-of-memory failure
-names), and how to leave the device clean for the next job.
+(`FACEJOBS_DEVICE`), the message an out-of-memory failure gets (from the params each kind declares
+as deciding its memory, `KindSpec.oom_hints`), and how to leave the device clean for the next job.
 """
 
 from __future__ import annotations
@@ -12,20 +12,6 @@ import sys
 from typing import Any, Literal
 
 Fault = Literal["fatal", "out_of_memory"]
-
-# Per kind, the params whose smaller values need less device memory, most effective first. A test
-# checks that every registered kind is here and that every name is one of its params.
-OOM_HINTS: dict[str, tuple[str, ...]] = {
-    "probe": ("matmul_size",),
-    "train_embedding": ("batch_size", "image_size", "base_width"),
-    "evaluate": ("max_samples",),
-    "invert": ("images_per_class", "classes"),
-    "train_generator": ("batch_size", "image_size", "g_width", "d_width"),
-    "train_encoder": ("batch_size",),
-    "recover_latent": ("batch_size",),
-    "embed": ("detect_batch_size", "embed_batch_size", "detect_size", "upscale_below"),
-    "verify": ("upscale_below",),
-}
 
 
 class DeviceUnavailableError(RuntimeError):
@@ -73,7 +59,12 @@ def classify(exc: BaseException) -> Fault | None:
 
 def oom_message(kind: str, params: Any, device: Any, exc: BaseException) -> str:
     """The failure message of an out-of-memory job: which of its params to lower, then torch's words."""
-    names = OOM_HINTS.get(kind, ())
+    from jobs.kinds import UnknownKind, get_kind
+
+    try:
+        names = get_kind(kind).oom_hints
+    except UnknownKind:
+        names = ()
     parts = []
     for name in names:
         value = getattr(params, name, None)

@@ -28,6 +28,7 @@ from jobs.settings import Settings, get_settings
 from jobs.states import JobStatus, claim, finish, requeue, utcnow
 from jobs.store import get_store
 from jobs.submit import send_job
+from ml.core.errors import InputError, Stopped
 from workers.context import JobContext
 from workers.device_faults import (
     DeviceUnavailableError,
@@ -156,7 +157,8 @@ def _set_current(db: str, node: str, job_id: str | None) -> None:
 def _error_outcome(ctx: JobContext, db: str, kind: str, exc: Exception) -> Outcome:
     """The one place where what a runner raised becomes the job's outcome.
 
-    - `Preempted`: the runner checkpointed because it was asked to stop (cancel, drain, lease lost).
+    - `Preempted` (or ml's `Stopped`, which a runner need not translate): the run checkpointed
+      because it was asked to stop (cancel, drain, lease lost).
     - A store outage, or the database dropping the connection under a write: not the job's fault,
       retried against its attempts.
     - A fatal device error (`torch.AcceleratorError`, or `cuda` asked of a worker without one): not
@@ -164,9 +166,10 @@ def _error_outcome(ctx: JobContext, db: str, kind: str, exc: Exception) -> Outco
       to the queue without using an attempt and the process ends (Celery starts a fresh one).
     - Out of device memory: the job's sizes are too big for this device; it fails at once, naming
       the params of its kind to lower.
-    - Anything else fails the job with the error (bad input at once, bugs with their traceback).
+    - Anything else fails the job with the error: bad input at once (`JobInputError`, or ml's
+      `InputError` as it is), bugs with their traceback.
     """
-    if isinstance(exc, Preempted):
+    if isinstance(exc, Preempted | Stopped):
         return _stopped(ctx, db, kind)
     if isinstance(exc, TransientError | OperationalError):
         return _transient(ctx, db, exc)
@@ -266,7 +269,7 @@ def _send_again(db: str, job_id: str, kind: str, queue: str) -> None:
 def _fail(db: str, job_id: str, attempt: int, owner: str, exc: BaseException, message: str | None = None) -> Outcome:
     if message is not None:
         pass  # said by the caller (device faults): no traceback, the message names the remedy
-    elif isinstance(exc, JobInputError):
+    elif isinstance(exc, JobInputError | InputError):
         message = f"{exc}"
         if exc.__cause__ is not None:
             message += f"\n{exc.__cause__}"

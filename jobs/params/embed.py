@@ -1,4 +1,4 @@
-"""Params of the `embed` (bulk face embedding) and `verify` (two images) kinds; pydantic and stdlib only."""
+"""Params of the `embed` (bulk face embedding) and `verify` (two images) kinds; no torch, no ml import."""
 
 from __future__ import annotations
 
@@ -9,15 +9,24 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from jobs.kindspec import KindSpec
+from jobs.kindspec import KindSpec, ml_defaults
+from jobs.refs import DATASET_FILE, DATASET_REF_PATTERN, WEIGHTS_REF_PATTERN, ref_pattern
 
-DATASET_REF_PATTERN = r"^(builtin:(digits|mnist)|dataset:[A-Za-z0-9_-]{1,64})$"
+# Settings shared with ml.faces (DetectorSettings, EmbedSettings, DecodeLimits): one default each, in
+# ml/faces/defaults.json; some carry another name here (detector is DetectorSettings.method).
+DETECTOR = ml_defaults("faces", "DetectorSettings")
+EMBED = ml_defaults("faces", "EmbedSettings")
+LIMITS = ml_defaults("faces", "DecodeLimits")
+# Params fields that ml.faces names otherwise; None: the runner builds that setting from the field
+# (EmbedSettings.detector is the DetectorSettings made from these params, not the "mtcnn" choice).
+DETECTOR_NAMES: dict[str, str | None] = {"detector": "method", "detect_batch_size": "batch_size"}
+EMBED_NAMES: dict[str, str | None] = {"detector": None}
+LIMITS_NAMES: dict[str, str | None] = {"max_image_pixels": "max_pixels", "min_image_size": "min_size"}
+
 # "facenet:<weights>" (InceptionResnetV1) or "job:<id>" (a train_embedding job's backbone).
-EMBED_MODEL_PATTERN = r"^(facenet:(vggface2|casia-webface)|job:[A-Za-z0-9_-]{1,64})$"
-WEIGHTS_REF_PATTERN = r"^model:[A-Za-z0-9_-]{1,64}$"
+EMBED_MODEL_PATTERN = ref_pattern("job", also=("facenet:vggface2", "facenet:casia-webface"))
 WARP_SPACES = Literal["none", "roi_tanh", "roi_tanh_polar", "roi_tanh_circular"]
 MAX_VERIFY_IMAGE_BYTES = 8 * 1024 * 1024
-_DATASET_KEY = re.compile(r"^(dataset:[A-Za-z0-9_-]{1,64})/(.+)$")
 # An image POST /verify received and stored under the job's prefix (jobs/<id>/inputs/<name>).
 INPUT_NAMES = ("image_a", "image_b")
 _INPUT_REF = re.compile(r"^input:(image_a|image_b)$")
@@ -42,23 +51,25 @@ class _ModelChoice(BaseModel):
         "downloads them, which fails on a worker without internet.",
     )
     detector: Literal["mtcnn", "none"] = Field(
-        "mtcnn",
+        DETECTOR["method"],
         description='"mtcnn": detect and align faces; "none": the images are already cropped or aligned '
         "(digits, aligned face crops): each is used whole, resized to the model's input.",
     )
-    min_face_size: int = Field(20, ge=12, le=2000, description="MTCNN: smallest face looked for, in pixels.")
+    min_face_size: int = Field(
+        DETECTOR["min_face_size"], ge=12, le=2000, description="MTCNN: smallest face looked for, in pixels."
+    )
     upscale_below: int = Field(
-        0,
+        DETECTOR["upscale_below"],
         ge=0,
         le=2048,
         description="Upscale images whose shorter side is under this before detection (0: never).",
     )
     align_size: Literal[112, 160] | None = Field(
-        None,
+        EMBED["align_size"],
         description="Aligned crop side: 112 (ArcFace 5-point template) or 160 (the template scaled, "
         "FaceNet's crop size); None: the model's own (160 FaceNet, 112 trained backbones).",
     )
-    flip_tta: bool = Field(True, description="Embedding = normalise(f(face) + f(mirrored face)).")
+    flip_tta: bool = Field(EMBED["flip_tta"], description="Embedding = normalise(f(face) + f(mirrored face)).")
 
     @model_validator(mode="after")
     def _weights_only_for_facenet(self) -> Self:
@@ -82,41 +93,49 @@ class _Dataset(BaseModel):
 class EmbedParams(_ModelChoice, _Dataset):
     """Detect, align and embed every face of an image dataset, resumably, chunk by chunk."""
 
-    faces: Literal["largest", "all"] = Field("largest", description="Embed the largest face of each image, or all.")
+    faces: Literal["largest", "all"] = Field(
+        DETECTOR["faces"], description="Embed the largest face of each image, or all."
+    )
     thresholds: list[float] = Field(
-        [0.6, 0.7, 0.7],
+        list(DETECTOR["thresholds"]),
         min_length=3,
         max_length=3,
         description="MTCNN P-, R-, O-net score thresholds, each in (0, 1).",
     )
-    factor: float = Field(0.709, ge=0.1, lt=1.0, description="MTCNN image-pyramid scale step.")
+    factor: float = Field(DETECTOR["factor"], ge=0.1, lt=1.0, description="MTCNN image-pyramid scale step.")
     detect_size: int | None = Field(
-        None,
+        DETECTOR["detect_size"],
         ge=32,
         le=4096,
         description="Letterbox every image into this square for detection, so images of any size share MTCNN "
         "batches (None: detect at each image's own size, batching images of equal size).",
     )
     warp: WARP_SPACES | None = Field(
-        None,
+        EMBED["warp"],
         description="RoI-tanh warp of the aligned face, sampling its real surroundings (None: the "
         "model's own training warp; none for FaceNet).",
     )
-    keep_aspect_ratio: bool = Field(False, description="Polar/circular warps: follow the RoI ellipse.")
-    detect_batch_size: int = Field(32, ge=1, le=1024, description="Images per MTCNN call.")
-    embed_batch_size: int = Field(256, ge=1, le=8192, description="Faces per network call.")
-    chunk_size: int = Field(
-        500, ge=1, le=1_000_000, description="Files per checkpoint (a resumed job redoes at most one)."
+    keep_aspect_ratio: bool = Field(
+        EMBED["keep_aspect_ratio"], description="Polar/circular warps: follow the RoI ellipse."
     )
-    num_workers: int = Field(4, ge=1, le=64, description="Threads decoding images ahead of detection.")
+    detect_batch_size: int = Field(DETECTOR["batch_size"], ge=1, le=1024, description="Images per MTCNN call.")
+    embed_batch_size: int = Field(EMBED["embed_batch_size"], ge=1, le=8192, description="Faces per network call.")
+    chunk_size: int = Field(
+        EMBED["chunk_size"], ge=1, le=1_000_000, description="Files per checkpoint (a resumed job redoes at most one)."
+    )
+    num_workers: int = Field(
+        EMBED["num_workers"], ge=1, le=64, description="Threads decoding images ahead of detection."
+    )
     max_image_pixels: int = Field(
-        40_000_000,
+        LIMITS["max_pixels"],
         ge=1,
         le=1_000_000_000,
         description="Images with more pixels fail as too_large (decompression bombs).",
     )
-    max_file_bytes: int = Field(50 * 1024 * 1024, ge=1, le=2**34, description="Larger files fail as too_large.")
-    min_image_size: int = Field(16, ge=1, le=4096, description="Images with a shorter side fail as too_small.")
+    max_file_bytes: int = Field(LIMITS["max_file_bytes"], ge=1, le=2**34, description="Larger files fail as too_large.")
+    min_image_size: int = Field(
+        LIMITS["min_size"], ge=1, le=4096, description="Images with a shorter side fail as too_small."
+    )
 
     @field_validator("thresholds")
     @classmethod
@@ -142,7 +161,7 @@ def parse_image_ref(value: str) -> tuple[str, str] | bytes:
     inp = _INPUT_REF.match(value)
     if inp is not None:
         return "input", inp.group(1)
-    m = _DATASET_KEY.match(value)
+    m = DATASET_FILE.match(value)
     if m is not None:
         key = m.group(2)
         parts = key.split("/")
@@ -205,6 +224,12 @@ KINDS = [
         runner="workers.runners.embed:run_embed",
         description="Bulk face embedding: MTCNN detection, 5-point alignment, batched FaceNet or trained "
         "backbone, flip TTA: embeddings.npy, index.csv, failures.csv, config.json.",
+        oom_hints=("detect_batch_size", "embed_batch_size", "detect_size", "upscale_below"),
+        ml_configs={
+            "ml.faces.detect:DetectorSettings": DETECTOR_NAMES,
+            "ml.faces.embed:EmbedSettings": EMBED_NAMES,
+            "ml.faces.decode:DecodeLimits": LIMITS_NAMES,
+        },
     ),
     KindSpec(
         name="verify",
@@ -212,5 +237,7 @@ KINDS = [
         queue="cpu",
         runner="workers.runners.embed:run_verify",
         description="Two face images -> cosine distance, the model's threshold, same or different person.",
+        oom_hints=("upscale_below",),
+        ml_configs={"ml.faces.detect:DetectorSettings": DETECTOR_NAMES, "ml.faces.embed:EmbedSettings": EMBED_NAMES},
     ),
 ]

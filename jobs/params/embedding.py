@@ -6,13 +6,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.kindspec import KindSpec
+from jobs.kindspec import KindSpec, ml_defaults
+from jobs.refs import DATASET_REF_PATTERN, MODEL_REF_PATTERN
+
+# Settings shared with ml.arcface.config.TrainConfig: one default each, in ml/arcface/defaults.json.
+TRAIN = ml_defaults("arcface", "TrainConfig")
 
 # Mirrors ml.backbones.list_backbones(); a test keeps the two in step.
 BACKBONES = ("se_resnet18", "iresnet18", "iresnet50")
 WARPS = ("none", "roi_tanh", "roi_tanh_polar", "roi_tanh_circular")
-DATASET_REF_PATTERN = r"^(builtin:(digits|mnist)|dataset:[A-Za-z0-9_-]{1,64})$"
-MODEL_REF_PATTERN = r"^(job|model):[A-Za-z0-9_-]{1,64}$"
 
 
 class TrainEmbeddingParams(BaseModel):
@@ -26,7 +28,7 @@ class TrainEmbeddingParams(BaseModel):
         description='Training data: "builtin:mnist", "builtin:digits" or "dataset:<id>" (one folder per identity).',
     )
     backbone: Literal["se_resnet18", "iresnet18", "iresnet50"] = Field(
-        "se_resnet18", description="Registered backbone: se_resnet18 (resnet_face18), iresnet18, iresnet50."
+        TRAIN["backbone"], description="Registered backbone: se_resnet18 (resnet_face18), iresnet18, iresnet50."
     )
     use_se: bool = Field(True, description="se_resnet18 only: squeeze-and-excitation in every block.")
     base_width: int = Field(
@@ -35,9 +37,9 @@ class TrainEmbeddingParams(BaseModel):
     dropout: float | None = Field(
         None, ge=0.0, lt=1.0, description="Dropout before the head's Linear layer (None: the backbone's default)."
     )
-    embedding_size: int = Field(512, ge=1, le=4096, description="Length of the embedding d.")
+    embedding_size: int = Field(TRAIN["embedding_size"], ge=1, le=4096, description="Length of the embedding d.")
     image_size: int | None = Field(
-        None,
+        TRAIN["image_size"],
         ge=16,
         le=512,
         description="Side of the square network input; None: 32 for builtin:mnist and builtin:digits, 112 "
@@ -47,35 +49,52 @@ class TrainEmbeddingParams(BaseModel):
         None, description="True: grey (1 channel); False: RGB (3 channels); None: keep the dataset's channels."
     )
     warp: Literal["none", "roi_tanh", "roi_tanh_polar", "roi_tanh_circular"] = Field(
-        "none", description="Warp input images into a RoI-tanh space before the backbone (faces)."
+        TRAIN["warp"], description="Warp input images into a RoI-tanh space before the backbone (faces)."
     )
-    margin: float = Field(28.6, gt=0.0, lt=90.0, description="ArcFace angular margin in degrees (28.6 = 0.5 rad).")
-    scale: float = Field(64.0, gt=0.0, le=1024.0, description="ArcFace logit scale s.")
-    optimizer: Literal["sgd", "adam"] = Field("sgd", description="SGD with momentum, or AdamW.")
-    lr: float = Field(0.1, gt=0.0, le=10.0, description="Learning rate of the backbone.")
-    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
-    weight_decay: float = Field(5e-4, ge=0.0, le=1.0, description="Weight decay of the backbone.")
+    margin: float = Field(
+        TRAIN["margin"], gt=0.0, lt=90.0, description="ArcFace angular margin in degrees (28.6 = 0.5 rad)."
+    )
+    scale: float = Field(TRAIN["scale"], gt=0.0, le=1024.0, description="ArcFace logit scale s.")
+    optimizer: Literal["sgd", "adam"] = Field(TRAIN["optimizer"], description="SGD with momentum, or AdamW.")
+    lr: float = Field(TRAIN["lr"], gt=0.0, le=10.0, description="Learning rate of the backbone.")
+    momentum: float = Field(TRAIN["momentum"], ge=0.0, lt=1.0, description="SGD momentum.")
+    weight_decay: float = Field(TRAIN["weight_decay"], ge=0.0, le=1.0, description="Weight decay of the backbone.")
     loss_lr_multiplier: float = Field(
-        1.0, gt=0.0, le=100.0, description="Learning rate of the ArcFace class weights W relative to lr."
+        TRAIN["loss_lr_multiplier"],
+        gt=0.0,
+        le=100.0,
+        description="Learning rate of the ArcFace class weights W relative to lr.",
     )
     schedule: Literal["cosine", "step", "constant"] = Field(
-        "cosine", description="Per-epoch schedule: cosine to 0, step decay, or constant."
+        TRAIN["schedule"], description="Per-epoch schedule: cosine to 0, step decay, or constant."
     )
-    step_epochs: int = Field(10, ge=1, le=10_000, description="Step schedule: epochs between decays.")
-    step_gamma: float = Field(0.1, gt=0.0, le=1.0, description="Step schedule: decay factor.")
-    epochs: int = Field(10, ge=1, le=10_000, description="Training epochs (a checkpoint after each).")
-    batch_size: int = Field(128, ge=2, le=8192, description="Images per step.")
+    step_epochs: int = Field(TRAIN["step_epochs"], ge=1, le=10_000, description="Step schedule: epochs between decays.")
+    step_gamma: float = Field(TRAIN["step_gamma"], gt=0.0, le=1.0, description="Step schedule: decay factor.")
+    epochs: int = Field(TRAIN["epochs"], ge=1, le=10_000, description="Training epochs (a checkpoint after each).")
+    batch_size: int = Field(TRAIN["batch_size"], ge=2, le=8192, description="Images per step.")
     split_by: Literal["identity", "sample"] = Field(
-        "identity", description="Hold out whole identities (unseen people) or part of every identity's images."
+        TRAIN["split_by"], description="Hold out whole identities (unseen people) or part of every identity's images."
     )
-    test_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="Held-out share for evaluation.")
-    max_train_samples: int | None = Field(None, ge=2, description="Cap on training images (a seeded subset).")
-    augment_shift: int = Field(0, ge=0, le=64, description="Random translation of up to this many pixels.")
-    augment_flip: bool = Field(False, description="Random horizontal flips while training (faces, not digits).")
-    flip_tta: bool = Field(False, description="Evaluate with embedding(x) + embedding(mirrored x).")
-    folds: int = Field(10, ge=2, le=100, description="Cross-validation folds for the verification threshold.")
-    max_pairs: int = Field(3000, ge=10, le=1_000_000, description="Same (and different) pairs evaluated, at most.")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds split, init, data order, augmentation, dropout.")
+    test_fraction: float = Field(TRAIN["test_fraction"], gt=0.0, lt=1.0, description="Held-out share for evaluation.")
+    max_train_samples: int | None = Field(
+        TRAIN["max_train_samples"], ge=2, description="Cap on training images (a seeded subset)."
+    )
+    augment_shift: int = Field(
+        TRAIN["augment_shift"], ge=0, le=64, description="Random translation of up to this many pixels."
+    )
+    augment_flip: bool = Field(
+        TRAIN["augment_flip"], description="Random horizontal flips while training (faces, not digits)."
+    )
+    flip_tta: bool = Field(TRAIN["flip_tta"], description="Evaluate with embedding(x) + embedding(mirrored x).")
+    folds: int = Field(
+        TRAIN["folds"], ge=2, le=100, description="Cross-validation folds for the verification threshold."
+    )
+    max_pairs: int = Field(
+        TRAIN["max_pairs"], ge=10, le=1_000_000, description="Same (and different) pairs evaluated, at most."
+    )
+    seed: int = Field(
+        TRAIN["seed"], ge=0, le=2**31 - 1, description="Seeds split, init, data order, augmentation, dropout."
+    )
 
 
 class EvaluateParams(BaseModel):
@@ -94,12 +113,20 @@ class EvaluateParams(BaseModel):
         description="held_out: when the dataset is the model's training dataset, evaluate only its held-out "
         "split; all: every image (for a dataset the model never saw).",
     )
-    flip_tta: bool = Field(False, description="Embedding(x) + embedding(mirrored x).")
-    folds: int = Field(10, ge=2, le=100, description="Cross-validation folds for the verification threshold.")
-    max_pairs: int = Field(3000, ge=10, le=1_000_000, description="Same (and different) pairs evaluated, at most.")
-    gallery_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="Share of each identity used as gallery.")
+    flip_tta: bool = Field(TRAIN["flip_tta"], description="Embedding(x) + embedding(mirrored x).")
+    folds: int = Field(
+        TRAIN["folds"], ge=2, le=100, description="Cross-validation folds for the verification threshold."
+    )
+    max_pairs: int = Field(
+        TRAIN["max_pairs"], ge=10, le=1_000_000, description="Same (and different) pairs evaluated, at most."
+    )
+    gallery_fraction: float = Field(
+        TRAIN["gallery_fraction"], gt=0.0, lt=1.0, description="Share of each identity used as gallery."
+    )
     max_samples: int | None = Field(None, ge=2, description="Evaluate at most this many images (seeded subset).")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds pair sampling, folds and the gallery split.")
+    seed: int = Field(
+        TRAIN["seed"], ge=0, le=2**31 - 1, description="Seeds pair sampling, folds and the gallery split."
+    )
 
 
 KINDS = [
@@ -110,6 +137,8 @@ KINDS = [
         runner="workers.runners.embedding:run_train_embedding",
         description="ArcFace (pytorch-metric-learning) training of se_resnet18/iresnet18/iresnet50, "
         "evaluated on a held-out split: backbone.pt, arcface.pt, config.json, metrics, plots.",
+        oom_hints=("batch_size", "image_size", "base_width"),
+        ml_configs={"ml.arcface.config:TrainConfig": {}},
     ),
     KindSpec(
         name="evaluate",
@@ -118,5 +147,7 @@ KINDS = [
         runner="workers.runners.embedding:run_evaluate",
         description="Verification of a trained model on a labelled dataset: ROC, AUC, 10-fold threshold, "
         "TAR@FAR, identification.",
+        oom_hints=("max_samples",),
+        ml_configs={"ml.arcface.config:TrainConfig": {}},
     ),
 ]

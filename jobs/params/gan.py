@@ -6,10 +6,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from jobs.kindspec import KindSpec
+from jobs.kindspec import KindSpec, ml_defaults
+from jobs.refs import DATASET_REF_PATTERN, MODEL_REF_PATTERN
 
-DATASET_REF = r"^(builtin:(mnist|digits)|dataset:[A-Za-z0-9_.\-]+)$"
-MODEL_REF = r"^(job|model):[A-Za-z0-9_.\-]+$"
+# Settings shared with the ml.gan trainers' configs: one default each, in ml/gan/defaults.json.
+DCGAN = ml_defaults("gan", "DCGANConfig")
+ENCODER = ml_defaults("gan", "EncoderConfig")
+
 Method = Literal["gradient", "gradient+clip", "encoder", "encoder+refine"]
 
 
@@ -17,47 +20,51 @@ class TrainGeneratorParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field(
-        "builtin:mnist", pattern=DATASET_REF, description='"builtin:mnist", "builtin:digits" or "dataset:<id>".'
+        "builtin:mnist", pattern=DATASET_REF_PATTERN, description='"builtin:mnist", "builtin:digits" or "dataset:<id>".'
     )
     channels: Literal["grey", "rgb"] | None = Field(None, description="Convert the images (default: keep theirs).")
     max_images: int | None = Field(None, ge=2, le=10_000_000, description="Train on the first this many images.")
     image_size: Literal[16, 32, 64, 128] = Field(
-        64, description="Output side; 64 is the DCGAN paper's network (non-square images are centre-cropped)."
+        DCGAN["image_size"],
+        description="Output side; 64 is the DCGAN paper's network (non-square images are centre-cropped).",
     )
-    latent_dim: int = Field(100, ge=1, le=4096, description="Length of z.")
-    prior: Literal["normal", "uniform"] = Field("normal", description="Latent prior: N(0, I) or U(-1, 1).")
-    g_width: int = Field(64, ge=2, le=1024, description="Generator base width (its last hidden layer).")
-    d_width: int = Field(64, ge=2, le=1024, description="Discriminator base width (its first layer).")
-    loss: Literal["bce", "hinge"] = Field("bce", description="Adversarial loss: non-saturating BCE or hinge.")
-    epochs: int = Field(25, ge=1, le=100_000, description="Passes over the images.")
-    batch_size: int = Field(128, ge=2, le=8192, description="Images per step.")
-    lr: float = Field(2e-4, gt=0, le=1, description="Adam learning rate (both networks).")
-    beta1: float = Field(0.5, ge=0, lt=1, description="Adam beta1.")
-    beta2: float = Field(0.999, ge=0, lt=1, description="Adam beta2.")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds weights, data order and latents.")
+    latent_dim: int = Field(DCGAN["latent_dim"], ge=1, le=4096, description="Length of z.")
+    prior: Literal["normal", "uniform"] = Field(DCGAN["prior"], description="Latent prior: N(0, I) or U(-1, 1).")
+    g_width: int = Field(DCGAN["g_width"], ge=2, le=1024, description="Generator base width (its last hidden layer).")
+    d_width: int = Field(DCGAN["d_width"], ge=2, le=1024, description="Discriminator base width (its first layer).")
+    loss: Literal["bce", "hinge"] = Field(DCGAN["loss"], description="Adversarial loss: non-saturating BCE or hinge.")
+    epochs: int = Field(DCGAN["epochs"], ge=1, le=100_000, description="Passes over the images.")
+    batch_size: int = Field(DCGAN["batch_size"], ge=2, le=8192, description="Images per step.")
+    lr: float = Field(DCGAN["lr"], gt=0, le=1, description="Adam learning rate (both networks).")
+    beta1: float = Field(DCGAN["beta1"], ge=0, lt=1, description="Adam beta1.")
+    beta2: float = Field(DCGAN["beta2"], ge=0, lt=1, description="Adam beta2.")
+    seed: int = Field(DCGAN["seed"], ge=0, le=2**31 - 1, description="Seeds weights, data order and latents.")
 
 
 class TrainEncoderParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     generator: str = Field(
-        ..., pattern=MODEL_REF, description='"job:<id>" of a train_generator job or "model:<id>" of an upload.'
+        ..., pattern=MODEL_REF_PATTERN, description='"job:<id>" of a train_generator job or "model:<id>" of an upload.'
     )
     latent_dim: int | None = Field(None, ge=1, le=65536, description="Override (uploads without generator.json).")
     prior: Literal["normal", "uniform"] | None = Field(None, description="Override the generator's latent prior.")
-    steps: int = Field(20000, ge=0, le=10_000_000, description="Steps on (z, G(z)) pairs drawn on the fly.")
-    batch_size: int = Field(64, ge=2, le=8192, description="Images per step.")
-    lr: float = Field(2e-4, gt=0, le=1, description="Adam learning rate.")
-    beta1: float = Field(0.5, ge=0, lt=1, description="Adam beta1.")
-    beta2: float = Field(0.999, ge=0, lt=1, description="Adam beta2.")
-    w_z: float = Field(1.0, ge=0, le=1e6, description="Weight of |E(x) - z|_1 (0 turns it off).")
-    w_pix: float = Field(1.0, ge=0, le=1e6, description="Weight of |G(E(x)) - x|_1 (0 turns it off).")
+    steps: int = Field(ENCODER["steps"], ge=0, le=10_000_000, description="Steps on (z, G(z)) pairs drawn on the fly.")
+    batch_size: int = Field(ENCODER["batch_size"], ge=2, le=8192, description="Images per step.")
+    lr: float = Field(ENCODER["lr"], gt=0, le=1, description="Adam learning rate.")
+    beta1: float = Field(ENCODER["beta1"], ge=0, lt=1, description="Adam beta1.")
+    beta2: float = Field(ENCODER["beta2"], ge=0, lt=1, description="Adam beta2.")
+    w_z: float = Field(ENCODER["w_z"], ge=0, le=1e6, description="Weight of |E(x) - z|_1 (0 turns it off).")
+    w_pix: float = Field(ENCODER["w_pix"], ge=0, le=1e6, description="Weight of |G(E(x)) - x|_1 (0 turns it off).")
     w_perc: float = Field(
-        0.0, ge=0, le=1e6, description="Weight of the perceptual loss (needs perceptual_model; 0 turns it off)."
+        ENCODER["w_perc"],
+        ge=0,
+        le=1e6,
+        description="Weight of the perceptual loss (needs perceptual_model; 0 turns it off).",
     )
     perceptual_model: str | None = Field(
         None,
-        pattern=MODEL_REF,
+        pattern=MODEL_REF_PATTERN,
         description='Face network of the perceptual loss: "model:<id>" of uploaded facenet-pytorch '
         'InceptionResnetV1 weights, or "job:<id>" of a train_embedding job.',
     )
@@ -68,13 +75,17 @@ class TrainEncoderParams(BaseModel):
         "a trained backbone's last block of each stage).",
     )
     real_dataset: str | None = Field(
-        None, pattern=DATASET_REF, description="Real images for the optional second phase (pixel + perceptual)."
+        None, pattern=DATASET_REF_PATTERN, description="Real images for the optional second phase (pixel + perceptual)."
     )
-    real_steps: int = Field(0, ge=0, le=10_000_000, description="Steps of the real-image phase.")
+    real_steps: int = Field(ENCODER["real_steps"], ge=0, le=10_000_000, description="Steps of the real-image phase.")
     max_real_images: int | None = Field(None, ge=1, le=10_000_000, description="Use the first this many.")
-    checkpoint_every: int = Field(1000, ge=1, le=10_000_000, description="Checkpoint interval in steps.")
-    preview_every: int = Field(1000, ge=0, le=10_000_000, description="Preview interval in steps (0: end only).")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds weights and every draw.")
+    checkpoint_every: int = Field(
+        ENCODER["checkpoint_every"], ge=1, le=10_000_000, description="Checkpoint interval in steps."
+    )
+    preview_every: int = Field(
+        ENCODER["preview_every"], ge=0, le=10_000_000, description="Preview interval in steps (0: end only)."
+    )
+    seed: int = Field(ENCODER["seed"], ge=0, le=2**31 - 1, description="Seeds weights and every draw.")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainEncoderParams:
@@ -98,11 +109,11 @@ class RecoverLatentParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     generator: str = Field(
-        ..., pattern=MODEL_REF, description='"job:<id>" of a train_generator job or "model:<id>" of an upload.'
+        ..., pattern=MODEL_REF_PATTERN, description='"job:<id>" of a train_generator job or "model:<id>" of an upload.'
     )
     latent_dim: int | None = Field(None, ge=1, le=65536, description="Override (uploads without generator.json).")
     prior: Literal["normal", "uniform"] | None = Field(None, description="Override the generator's latent prior.")
-    encoder: str | None = Field(None, pattern=MODEL_REF, description='"job:<id>" of a train_encoder job.')
+    encoder: str | None = Field(None, pattern=MODEL_REF_PATTERN, description='"job:<id>" of a train_encoder job.')
     methods: list[Method] | None = Field(
         None,
         max_length=4,
@@ -110,7 +121,7 @@ class RecoverLatentParams(BaseModel):
         "when an encoder is given).",
     )
     dataset: str | None = Field(
-        None, pattern=DATASET_REF, description="Target images; none: images generated from known latents."
+        None, pattern=DATASET_REF_PATTERN, description="Target images; none: images generated from known latents."
     )
     num_targets: int = Field(50, ge=1, le=100_000, description="Targets (generated, or the dataset's first).")
     iterations: int = Field(200, ge=1, le=1_000_000, description="Adam steps of gradient and gradient+clip.")
@@ -124,7 +135,7 @@ class RecoverLatentParams(BaseModel):
     batch_size: int = Field(256, ge=1, le=65536, description="Targets recovered in parallel per batch.")
     face_model: str | None = Field(
         None,
-        pattern=MODEL_REF,
+        pattern=MODEL_REF_PATTERN,
         description="Face network for the embedding-cosine metric (facenet weights upload or train_embedding job).",
     )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds the generated targets, z0 and clipping draws.")
@@ -151,6 +162,9 @@ KINDS = [
         queue="gpu",
         runner="workers.runners.gan:run_train_generator",
         description="Train a DCGAN on a dataset and export its generator (TorchScript, z -> [-1, 1] images).",
+        oom_hints=("batch_size", "image_size", "g_width", "d_width"),
+        # channels: "grey" / "rgb" here, a channel count there (the runner resolves it from the images).
+        ml_configs={"ml.gan.train_gan:DCGANConfig": {"channels": None}},
     ),
     KindSpec(
         name="train_encoder",
@@ -158,6 +172,8 @@ KINDS = [
         queue="gpu",
         runner="workers.runners.gan:run_train_encoder",
         description="Train a ResNet-18 encoder image -> z for a generator (latent, pixel and perceptual losses).",
+        oom_hints=("batch_size",),
+        ml_configs={"ml.gan.train_encoder:EncoderConfig": {}},
     ),
     KindSpec(
         name="recover_latent",
@@ -165,5 +181,6 @@ KINDS = [
         queue="gpu",
         runner="workers.runners.gan:run_recover_latent",
         description="Recover latents of images: gradient descent, stochastic clipping, encoder, encoder+refine.",
+        oom_hints=("batch_size",),
     ),
 ]

@@ -6,7 +6,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from jobs.kindspec import KindSpec
+from jobs.kindspec import KindSpec, ml_defaults
+from jobs.refs import MODEL_REF_PATTERN
+
+# Settings shared with ml.invert.config.InversionConfig: one default each, in ml/invert/defaults.json.
+INVERSION = ml_defaults("invert", "InversionConfig")
 
 
 class InvertParams(BaseModel):
@@ -14,37 +18,54 @@ class InvertParams(BaseModel):
 
     model: str = Field(
         ...,
-        pattern=r"^(job|model):[A-Za-z0-9_.\-]+$",
+        pattern=MODEL_REF_PATTERN,
         description='The trained ArcFace model: "job:<id>" of a train_embedding job, or "model:<id>" of an upload.',
     )
     classes: list[int] | None = Field(
-        None, max_length=10000, description="Target class indices (default: every class of the model)."
+        INVERSION["classes"], max_length=10000, description="Target class indices (default: every class of the model)."
     )
-    images_per_class: int = Field(4, ge=1, le=256, description="Images generated per class (one shared batch).")
-    iterations: int = Field(20000, ge=1, le=1_000_000, description="Adam steps on the pixels.")
-    lr: float = Field(0.1, gt=0, le=10, description="Adam learning rate (normalised pixel space).")
+    images_per_class: int = Field(
+        INVERSION["images_per_class"], ge=1, le=256, description="Images generated per class (one shared batch)."
+    )
+    iterations: int = Field(INVERSION["iterations"], ge=1, le=1_000_000, description="Adam steps on the pixels.")
+    lr: float = Field(INVERSION["lr"], gt=0, le=10, description="Adam learning rate (normalised pixel space).")
     lr_schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="Learning-rate schedule: constant, or cosine decay to 0 at the last step."
+        INVERSION["lr_schedule"], description="Learning-rate schedule: constant, or cosine decay to 0 at the last step."
     )
-    lambda_bn: float = Field(0.05, ge=0, le=1e4, description="Weight of the BN-statistics loss.")
+    lambda_bn: float = Field(INVERSION["lambda_bn"], ge=0, le=1e4, description="Weight of the BN-statistics loss.")
     bn_form: Literal["squared", "l2"] = Field(
-        "squared",
+        INVERSION["bn_form"],
         description="BN loss form: squared (ArcFace paper: ||mu-mu_r||^2 + ||sigma-sigma_r||^2) "
         "or l2 (DeepInversion: ||mu-mu_r|| + ||var-var_r||).",
     )
     first_bn_weight: float = Field(
-        1.0, ge=0, le=1e4, description="Weight of the first (stem) BN layer's term (DeepInversion's multiplier)."
+        INVERSION["first_bn_weight"],
+        ge=0,
+        le=1e4,
+        description="Weight of the first (stem) BN layer's term (DeepInversion's multiplier).",
     )
-    adam_betas: tuple[float, float] = Field((0.5, 0.9), description="Adam's (beta1, beta2), each in [0, 1).")
-    tv_weight: float = Field(0.0, ge=0, le=1e4, description="Weight of the total-variation prior (per-image L1 sum).")
-    l2_weight: float = Field(0.0, ge=0, le=1e4, description="Weight of the L2 prior (per-image squared norm).")
-    jitter: int = Field(2, ge=0, le=64, description="Largest random roll per step, in pixels.")
-    flip: bool = Field(True, description="Random horizontal flips each step (turn off for digits and text).")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds the initial images and the jitter/flip draws.")
+    adam_betas: tuple[float, float] = Field(
+        tuple(INVERSION["adam_betas"]), description="Adam's (beta1, beta2), each in [0, 1)."
+    )
+    tv_weight: float = Field(
+        INVERSION["tv_weight"], ge=0, le=1e4, description="Weight of the total-variation prior (per-image L1 sum)."
+    )
+    l2_weight: float = Field(
+        INVERSION["l2_weight"], ge=0, le=1e4, description="Weight of the L2 prior (per-image squared norm)."
+    )
+    jitter: int = Field(INVERSION["jitter"], ge=0, le=64, description="Largest random roll per step, in pixels.")
+    flip: bool = Field(
+        INVERSION["flip"], description="Random horizontal flips each step (turn off for digits and text)."
+    )
+    seed: int = Field(
+        INVERSION["seed"], ge=0, le=2**31 - 1, description="Seeds the initial images and the jitter/flip draws."
+    )
     checkpoint_every: int = Field(
-        500, ge=0, le=1_000_000, description="Checkpoint interval in steps (0: on stop only)."
+        INVERSION["checkpoint_every"], ge=0, le=1_000_000, description="Checkpoint interval in steps (0: on stop only)."
     )
-    preview_every: int = Field(500, ge=0, le=1_000_000, description="Preview-grid interval in steps (0: at the end).")
+    preview_every: int = Field(
+        INVERSION["preview_every"], ge=0, le=1_000_000, description="Preview-grid interval in steps (0: at the end)."
+    )
 
     @field_validator("adam_betas")
     @classmethod
@@ -74,5 +95,7 @@ KINDS = [
         queue="gpu",
         runner="workers.runners.invert:run_invert",
         description="Class representations from a trained ArcFace model: BN statistics + ArcFace + image priors.",
+        oom_hints=("images_per_class", "classes"),
+        ml_configs={"ml.invert.config:InversionConfig": {}},
     )
 ]

@@ -62,5 +62,6 @@ KINDS = [
         queue="gpu",
         runner="workers.runners.probe:run_probe",
         description="What a worker is: torch/CUDA versions, device, memory and a timed matmul.",
+        oom_hints=("matmul_size",),
     )
 ]

@@ -11,12 +11,17 @@ from torch import nn
 
 from ml.arcface.model import WARPS, Normalization
 from ml.backbones import BackboneError, backbone_defaults, check_backbone_kwargs, create_backbone
+from ml.core.defaults import shared_defaults
 from ml.data import ImageDataset, Split
 from ml.metrics.verification import VerificationReport
 
 
 class TrainConfigError(ValueError):
     """A training hyperparameter is invalid; raised before any training starts."""
+
+
+# The settings a job's params also expose take their one default from ml/arcface/defaults.json.
+_SHARED = shared_defaults("arcface", "TrainConfig")
 
 
 @dataclass
@@ -49,35 +54,35 @@ class TrainConfig:
         normalize_mean, normalize_std: input normalisation of [0, 1] images, every channel.
     """
 
-    backbone: str = "se_resnet18"
+    backbone: str = _SHARED["backbone"]
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    embedding_size: int = 128
-    image_size: int | tuple[int, int] | None = None
+    embedding_size: int = _SHARED["embedding_size"]
+    image_size: int | tuple[int, int] | None = _SHARED["image_size"]
     in_channels: int | None = None
-    warp: str = "none"
-    margin: float = 28.6
-    scale: float = 64.0
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    loss_lr_multiplier: float = 1.0
+    warp: str = _SHARED["warp"]
+    margin: float = _SHARED["margin"]
+    scale: float = _SHARED["scale"]
+    optimizer: Literal["sgd", "adam"] = _SHARED["optimizer"]
+    lr: float = _SHARED["lr"]
+    momentum: float = _SHARED["momentum"]
+    weight_decay: float = _SHARED["weight_decay"]
+    loss_lr_multiplier: float = _SHARED["loss_lr_multiplier"]
     loss_weight_decay: float | None = None
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    step_epochs: int = 10
-    step_gamma: float = 0.1
-    epochs: int = 10
-    batch_size: int = 128
-    split_by: Literal["identity", "sample"] = "identity"
-    test_fraction: float = 0.25
-    seed: int = 0
-    max_train_samples: int | None = None
-    augment_shift: int = 0
-    augment_flip: bool = False
-    flip_tta: bool = False
-    folds: int = 10
-    max_pairs: int = 3000
-    gallery_fraction: float = 0.5
+    schedule: Literal["cosine", "step", "constant"] = _SHARED["schedule"]
+    step_epochs: int = _SHARED["step_epochs"]
+    step_gamma: float = _SHARED["step_gamma"]
+    epochs: int = _SHARED["epochs"]
+    batch_size: int = _SHARED["batch_size"]
+    split_by: Literal["identity", "sample"] = _SHARED["split_by"]
+    test_fraction: float = _SHARED["test_fraction"]
+    seed: int = _SHARED["seed"]
+    max_train_samples: int | None = _SHARED["max_train_samples"]
+    augment_shift: int = _SHARED["augment_shift"]
+    augment_flip: bool = _SHARED["augment_flip"]
+    flip_tta: bool = _SHARED["flip_tta"]
+    folds: int = _SHARED["folds"]
+    max_pairs: int = _SHARED["max_pairs"]
+    gallery_fraction: float = _SHARED["gallery_fraction"]
     normalize_mean: float = 0.5
     normalize_std: float = 0.5
 

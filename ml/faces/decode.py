@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ml.core.defaults import shared_defaults
+
 REASONS = ("undecodable", "no_face", "too_large", "too_small", "not_image")
 RASTER_FORMATS = ("PNG", "JPEG", "PPM", "BMP", "GIF", "TIFF", "WEBP")
-DEFAULT_MAX_PIXELS = 40_000_000
-DEFAULT_MAX_FILE_BYTES = 50 * 1024 * 1024
-DEFAULT_MIN_IMAGE_SIZE = 16
 
 
 @dataclass(frozen=True)
@@ -38,13 +37,17 @@ class Failure:
             raise ValueError(f"unknown failure reason {self.reason!r}; one of {', '.join(REASONS)}")
 
 
+# The settings a job's params also expose take their one default from ml/faces/defaults.json.
+_SHARED = shared_defaults("faces", "DecodeLimits")
+
+
 @dataclass(frozen=True)
 class DecodeLimits:
     """What a file may be: at most `max_file_bytes` and `max_pixels`, at least `min_size` on each side."""
 
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
-    min_size: int = DEFAULT_MIN_IMAGE_SIZE
+    max_pixels: int = _SHARED["max_pixels"]
+    max_file_bytes: int = _SHARED["max_file_bytes"]
+    min_size: int = _SHARED["min_size"]
 
 
 def _natural_key(text: str) -> list[object]:

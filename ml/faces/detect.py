@@ -28,9 +28,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ml.core.defaults import shared_defaults
+
 
 class DetectorSettingsError(ValueError):
     """A detector setting is out of range."""
+
+
+# The settings a job's params also expose take their one default from ml/faces/defaults.json.
+_SHARED = shared_defaults("faces", "DetectorSettings")
 
 
 @dataclass(frozen=True)
@@ -53,14 +59,14 @@ class DetectorSettings:
             not a photo: no face detector looks for faces in it).
     """
 
-    min_face_size: int = 20
-    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
-    factor: float = 0.709
-    faces: Literal["largest", "all"] = "largest"
-    upscale_below: int = 0
-    detect_size: int | None = None
-    batch_size: int = 32
-    method: Literal["mtcnn", "none"] = "mtcnn"
+    min_face_size: int = _SHARED["min_face_size"]
+    thresholds: tuple[float, float, float] = tuple(_SHARED["thresholds"])
+    factor: float = _SHARED["factor"]
+    faces: Literal["largest", "all"] = _SHARED["faces"]
+    upscale_below: int = _SHARED["upscale_below"]
+    detect_size: int | None = _SHARED["detect_size"]
+    batch_size: int = _SHARED["batch_size"]
+    method: Literal["mtcnn", "none"] = _SHARED["method"]
     max_detect_pixels: int = 4096 * 4096
     max_aspect_ratio: float = 20.0
 

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ml.core.callbacks import Callbacks, LocalCallbacks
+from ml.core.defaults import shared_defaults
 from ml.faces.align import ALIGN_SIZES, AlignError
 from ml.faces.decode import DecodeLimits, Failure, decode_bytes
 from ml.faces.detect import DetectorSettings, DetectorSettingsError, FaceDetector, make_detector
@@ -66,6 +67,10 @@ class EmbedStopped(Exception):
         self.chunks = chunks
 
 
+# The settings a job's params also expose take their one default from ml/faces/defaults.json.
+_SHARED = shared_defaults("faces", "EmbedSettings")
+
+
 @dataclass(frozen=True)
 class EmbedSettings:
     """Everything that defines a bulk-embedding run besides the files and the model.
@@ -85,13 +90,13 @@ class EmbedSettings:
     """
 
     detector: DetectorSettings = field(default_factory=DetectorSettings)
-    align_size: int | None = None
-    warp: str | None = None
-    keep_aspect_ratio: bool = False
-    flip_tta: bool = True
-    embed_batch_size: int = 256
-    chunk_size: int = 1000
-    num_workers: int = 4
+    align_size: int | None = _SHARED["align_size"]
+    warp: str | None = _SHARED["warp"]
+    keep_aspect_ratio: bool = _SHARED["keep_aspect_ratio"]
+    flip_tta: bool = _SHARED["flip_tta"]
+    embed_batch_size: int = _SHARED["embed_batch_size"]
+    chunk_size: int = _SHARED["chunk_size"]
+    num_workers: int = _SHARED["num_workers"]
     prefetch: int = 64
     limits: DecodeLimits = field(default_factory=DecodeLimits)
 

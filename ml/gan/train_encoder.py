@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.core.callbacks import Callbacks, LocalCallbacks
+from ml.core.defaults import shared_defaults
 from ml.core.device_state import fit_optimizer_state, portable, to_device
 from ml.gan.common import GANConfigError, TrainingStopped, derived_seed, fingerprint, grid_png, to_unit
 from ml.gan.encoder import LatentEncoder
@@ -35,6 +36,10 @@ from ml.gan.metrics import cosine, psnr
 from ml.gan.perceptual import PerceptualLoss
 
 CHECKPOINT_KIND = "train_encoder"
+
+
+# The settings a job's params also expose take their one default from ml/gan/defaults.json.
+_SHARED = shared_defaults("gan", "EncoderConfig")
 
 
 @dataclass
@@ -54,20 +59,20 @@ class EncoderConfig:
         seed: seeds the initial weights and every draw.
     """
 
-    steps: int = 20000
-    real_steps: int = 0
-    batch_size: int = 64
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    w_z: float = 1.0
-    w_perc: float = 0.0
-    w_pix: float = 1.0
-    checkpoint_every: int = 1000
-    preview_every: int = 1000
+    steps: int = _SHARED["steps"]
+    real_steps: int = _SHARED["real_steps"]
+    batch_size: int = _SHARED["batch_size"]
+    lr: float = _SHARED["lr"]
+    beta1: float = _SHARED["beta1"]
+    beta2: float = _SHARED["beta2"]
+    w_z: float = _SHARED["w_z"]
+    w_perc: float = _SHARED["w_perc"]
+    w_pix: float = _SHARED["w_pix"]
+    checkpoint_every: int = _SHARED["checkpoint_every"]
+    preview_every: int = _SHARED["preview_every"]
     log_every: int = 10
     eval_images: int = 64
-    seed: int = 0
+    seed: int = _SHARED["seed"]
 
     def validate(self, has_perceptual: bool, has_real: bool) -> None:
         """Raise `GANConfigError` for values the trainer cannot use."""

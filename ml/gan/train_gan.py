@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.core.callbacks import Callbacks, LocalCallbacks
+from ml.core.defaults import shared_defaults
 from ml.core.device_state import fit_optimizer_state, portable, to_device
 from ml.gan.common import (
     GANConfigError,
@@ -43,6 +44,10 @@ from ml.gan.generator import PRIORS, sample_latent, save_generator
 
 CHECKPOINT_KIND = "train_generator"
 LOSSES = ("bce", "hinge")
+
+
+# The settings a job's params also expose take their one default from ml/gan/defaults.json.
+_SHARED = shared_defaults("gan", "DCGANConfig")
 
 
 @dataclass
@@ -63,19 +68,19 @@ class DCGANConfig:
         log_every: report progress every this many steps (each report syncs the device).
     """
 
-    latent_dim: int = 100
-    prior: str = "normal"
-    image_size: int = 64
+    latent_dim: int = _SHARED["latent_dim"]
+    prior: str = _SHARED["prior"]
+    image_size: int = _SHARED["image_size"]
     channels: int | None = None
-    g_width: int = 64
-    d_width: int = 64
-    loss: str = "bce"
-    epochs: int = 25
-    batch_size: int = 128
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    seed: int = 0
+    g_width: int = _SHARED["g_width"]
+    d_width: int = _SHARED["d_width"]
+    loss: str = _SHARED["loss"]
+    epochs: int = _SHARED["epochs"]
+    batch_size: int = _SHARED["batch_size"]
+    lr: float = _SHARED["lr"]
+    beta1: float = _SHARED["beta1"]
+    beta2: float = _SHARED["beta2"]
+    seed: int = _SHARED["seed"]
     preview_count: int = 64
     log_every: int = 10
 

@@ -7,11 +7,16 @@ from typing import Any, Literal
 
 import torch
 
+from ml.core.defaults import shared_defaults
 from ml.invert.losses import BNForm
 
 
 class InversionError(ValueError):
     """The inversion's configuration, model or checkpoint does not fit together."""
+
+
+# The settings a job's params also expose take their one default from ml/invert/defaults.json.
+_SHARED = shared_defaults("invert", "InversionConfig")
 
 
 @dataclass
@@ -45,24 +50,24 @@ class InversionConfig:
         compile_mode: `torch.compile`'s mode (None: its default; "reduce-overhead" adds CUDA graphs).
     """
 
-    classes: list[int] | None = None
-    images_per_class: int = 4
-    iterations: int = 20000
-    lr: float = 0.1
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    adam_betas: tuple[float, float] = (0.5, 0.9)
-    lambda_bn: float = 0.05
-    bn_form: BNForm = "squared"
-    first_bn_weight: float = 1.0
-    tv_weight: float = 0.0
-    l2_weight: float = 0.0
-    jitter: int = 2
-    flip: bool = True
-    seed: int = 0
+    classes: list[int] | None = _SHARED["classes"]
+    images_per_class: int = _SHARED["images_per_class"]
+    iterations: int = _SHARED["iterations"]
+    lr: float = _SHARED["lr"]
+    lr_schedule: Literal["constant", "cosine"] = _SHARED["lr_schedule"]
+    adam_betas: tuple[float, float] = tuple(_SHARED["adam_betas"])
+    lambda_bn: float = _SHARED["lambda_bn"]
+    bn_form: BNForm = _SHARED["bn_form"]
+    first_bn_weight: float = _SHARED["first_bn_weight"]
+    tv_weight: float = _SHARED["tv_weight"]
+    l2_weight: float = _SHARED["l2_weight"]
+    jitter: int = _SHARED["jitter"]
+    flip: bool = _SHARED["flip"]
+    seed: int = _SHARED["seed"]
     margin_degrees: float = 28.6
     scale: float = 64.0
-    checkpoint_every: int = 500
-    preview_every: int = 500
+    checkpoint_every: int = _SHARED["checkpoint_every"]
+    preview_every: int = _SHARED["preview_every"]
     progress_every: int = 20
     channels_last: bool = False
     compile: bool = False

@@ -14,7 +14,7 @@ from jobs.params.probe import ProbeParams
 from tests.support.jobs import event_tuples as events
 from tests.support.jobs import owner_of, submit
 from tests.support.services import Stack
-from workers.device_faults import OOM_HINTS, DeviceUnavailableError, classify, oom_message, resolve_device
+from workers.device_faults import DeviceUnavailableError, classify, oom_message, resolve_device
 
 ILLEGAL_ACCESS = "CUDA error: an illegal memory access was encountered"
 
@@ -89,10 +89,9 @@ def test_out_of_memory_fails_at_once_naming_the_params_to_lower(stack: Stack) ->
 
 def test_every_kind_has_an_out_of_memory_hint_made_of_its_own_params() -> None:
     kinds = registry()
-    assert sorted(OOM_HINTS) == sorted(kinds)
-    for name, params in OOM_HINTS.items():
-        assert params, name
-        missing = [p for p in params if p not in kinds[name].params.model_fields]
+    for name, spec in kinds.items():
+        assert spec.oom_hints, name
+        missing = [p for p in spec.oom_hints if p not in spec.params.model_fields]
         assert missing == [], f"{name}: {missing}"
 
 

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs.errors import JobInputError
-from jobs.params.embed import MAX_VERIFY_IMAGE_BYTES, parse_image_ref
-from workers.runners import Preempted
+from jobs.params.embed import (
+    DETECTOR_NAMES,
+    EMBED_NAMES,
+    LIMITS_NAMES,
+    MAX_VERIFY_IMAGE_BYTES,
+    EmbedParams,
+    VerifyParams,
+    parse_image_ref,
+)
+from workers.runners import Preempted, ml_config, params_as
+
+if TYPE_CHECKING:
+    from workers.context import JobContext
 
 
-def _load_model(ctx: Any, model: str, weights: str | None) -> Any:
+def _load_model(ctx: JobContext, model: str, weights: str | None) -> Any:
     """The `FaceModel` named by the params, or `JobInputError` saying what to upload."""
     from ml.faces.models import ModelLoadError, load_facenet, load_trained_model
 
@@ -23,38 +34,20 @@ def _load_model(ctx: Any, model: str, weights: str | None) -> Any:
         raise JobInputError(f"model {model}: {exc}") from exc
 
 
-def _detector_settings(p: Any, faces: str) -> Any:
+def _detector_settings(p: EmbedParams | VerifyParams, faces: str) -> Any:
     from ml.faces.detect import DetectorSettings
 
-    return DetectorSettings(
-        min_face_size=p.min_face_size,
-        thresholds=tuple(getattr(p, "thresholds", (0.6, 0.7, 0.7))),
-        factor=getattr(p, "factor", 0.709),
-        faces=faces,  # type: ignore[arg-type]
-        upscale_below=p.upscale_below,
-        detect_size=getattr(p, "detect_size", None),
-        batch_size=getattr(p, "detect_batch_size", 32),
-        method=p.detector,
-    )
+    return ml_config(DetectorSettings, p, DETECTOR_NAMES, faces=faces)
 
 
-def run_embed(ctx: Any) -> dict[str, Any]:
+def run_embed(ctx: JobContext) -> dict[str, Any]:
     """Embed every face of the dataset: embeddings.npy, index.csv, failures.csv, config.json."""
     from ml.faces.decode import DecodeLimits, list_files
     from ml.faces.embed import EmbedSettings, EmbedSettingsError, EmbedStopped, embed_dataset
 
-    p = ctx.params
-    settings = EmbedSettings(
-        detector=_detector_settings(p, p.faces),
-        align_size=p.align_size,
-        warp=p.warp,
-        keep_aspect_ratio=p.keep_aspect_ratio,
-        flip_tta=p.flip_tta,
-        embed_batch_size=p.embed_batch_size,
-        chunk_size=p.chunk_size,
-        num_workers=p.num_workers,
-        limits=DecodeLimits(p.max_image_pixels, p.max_file_bytes, p.min_image_size),
-    )
+    p = params_as(ctx, EmbedParams)
+    limits = ml_config(DecodeLimits, p, LIMITS_NAMES)
+    settings = ml_config(EmbedSettings, p, EMBED_NAMES, detector=_detector_settings(p, p.faces), limits=limits)
     try:
         settings.validate()  # before anything is fetched: bad params fail in a second
     except EmbedSettingsError as exc:
@@ -94,7 +87,7 @@ def run_embed(ctx: Any) -> dict[str, Any]:
     }
 
 
-def _image_bytes(ctx: Any, ref: str, name: str) -> bytes:
+def _image_bytes(ctx: JobContext, ref: str, name: str) -> bytes:
     parsed = parse_image_ref(ref)
     if isinstance(parsed, bytes):
         return parsed
@@ -118,7 +111,7 @@ def _image_bytes(ctx: Any, ref: str, name: str) -> bytes:
     return path.read_bytes()
 
 
-def run_verify(ctx: Any) -> dict[str, Any]:
+def run_verify(ctx: JobContext) -> dict[str, Any]:
     """Embed the largest face of each image; cosine distance against the threshold -> same or not."""
     import numpy as np
 
@@ -126,7 +119,7 @@ def run_verify(ctx: Any) -> dict[str, Any]:
     from ml.faces.detect import make_detector
     from ml.faces.embed import EmbedSettings, embed_image
 
-    p = ctx.params
+    p = params_as(ctx, VerifyParams)
     model = _load_model(ctx, p.model, p.weights)
     if p.threshold is not None:
         threshold, source = float(p.threshold), "params"
@@ -137,10 +130,11 @@ def run_verify(ctx: Any) -> dict[str, Any]:
             f"model {p.model} has no recorded threshold (no metrics.json with best_threshold/threshold): "
             "pass threshold (a cosine distance), or run an evaluate job first"
         )
-    settings = EmbedSettings(
+    settings = ml_config(
+        EmbedSettings,
+        p,
+        EMBED_NAMES,
         detector=_detector_settings(p, "largest"),
-        align_size=p.align_size,
-        flip_tta=p.flip_tta,
         limits=DecodeLimits(max_file_bytes=MAX_VERIFY_IMAGE_BYTES),
     )
     detector = make_detector(settings.detector, ctx.device)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs.errors import JobInputError
-from workers.runners import Preempted
+from jobs.params.embedding import EvaluateParams, TrainEmbeddingParams
+from workers.runners import Preempted, ml_config, params_as
+
+if TYPE_CHECKING:
+    from workers.context import JobContext
 
 # Result keys copied from metrics into the job row (the full set is in metrics.json).
 SUMMARY_KEYS = (
@@ -29,12 +33,12 @@ def default_image_size(ref: str) -> int:
     return 32 if ref.startswith("builtin:") else 112
 
 
-def _dataset_folder(ctx: Any, ref: str) -> Path | None:
+def _dataset_folder(ctx: JobContext, ref: str) -> Path | None:
     """The local folder of `ref` (builtin:digits needs none)."""
     return None if ref == "builtin:digits" else Path(ctx.open_dataset(ref))
 
 
-def _load(ctx: Any, ref: str, image_size: Any, channels: str | None) -> Any:
+def _load(ctx: JobContext, ref: str, image_size: Any, channels: str | None) -> Any:
     from ml.data import DatasetError, load_dataset
 
     try:
@@ -49,12 +53,12 @@ def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
 
 
-def _put_plots(ctx: Any, plots: dict[str, bytes]) -> None:
+def _put_plots(ctx: JobContext, plots: dict[str, bytes]) -> None:
     for name, png in plots.items():
         ctx.put_artifact(name, png, "image/png")
 
 
-def run_train_embedding(ctx: Any) -> dict[str, Any]:
+def run_train_embedding(ctx: JobContext) -> dict[str, Any]:
     """Train, evaluate on the held-out split, and store backbone.pt, arcface.pt, config.json,
     metrics.json, roc.png, distances.png, loss.png and pca.png."""
     from ml.arcface.model import save_trained
@@ -62,41 +66,19 @@ def run_train_embedding(ctx: Any) -> dict[str, Any]:
     from ml.data import DatasetError, check_trainable
     from ml.metrics.plots import evaluation_plots
 
-    p = ctx.params
+    p = params_as(ctx, TrainEmbeddingParams)
     image_size = p.image_size or default_image_size(p.dataset)
     kwargs: dict[str, Any] = {"base_width": p.base_width}
     if p.backbone == "se_resnet18":
         kwargs["use_se"] = p.use_se
     if p.dropout is not None:
         kwargs["dropout"] = p.dropout
-    config = TrainConfig(
-        backbone=p.backbone,
+    config = ml_config(
+        TrainConfig,
+        p,
         backbone_kwargs=kwargs,
-        embedding_size=p.embedding_size,
         image_size=image_size,
         in_channels=None if p.grey is None else (1 if p.grey else 3),
-        warp=p.warp,
-        margin=p.margin,
-        scale=p.scale,
-        optimizer=p.optimizer,
-        lr=p.lr,
-        momentum=p.momentum,
-        weight_decay=p.weight_decay,
-        loss_lr_multiplier=p.loss_lr_multiplier,
-        schedule=p.schedule,
-        step_epochs=p.step_epochs,
-        step_gamma=p.step_gamma,
-        epochs=p.epochs,
-        batch_size=p.batch_size,
-        split_by=p.split_by,
-        test_fraction=p.test_fraction,
-        seed=p.seed,
-        max_train_samples=p.max_train_samples,
-        augment_shift=p.augment_shift,
-        augment_flip=p.augment_flip,
-        flip_tta=p.flip_tta,
-        folds=p.folds,
-        max_pairs=p.max_pairs,
     )
     try:
         validate_config(config)  # before the data is fetched: bad params fail in a second
@@ -136,7 +118,7 @@ def run_train_embedding(ctx: Any) -> dict[str, Any]:
     }
 
 
-def run_evaluate(ctx: Any) -> dict[str, Any]:
+def run_evaluate(ctx: JobContext) -> dict[str, Any]:
     """Evaluate a trained model (`job:<id>`) on a labelled dataset: metrics.json and plots."""
     import numpy as np
 
@@ -146,7 +128,7 @@ def run_evaluate(ctx: Any) -> dict[str, Any]:
     from ml.metrics.plots import evaluation_plots
     from ml.metrics.verification import VerificationError
 
-    p = ctx.params
+    p = params_as(ctx, EvaluateParams)
     try:
         backbone, _, config = load_trained(ctx.open_model(p.model), device=ctx.device)
     except TrainedModelError as exc:

@@ -5,15 +5,19 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs.errors import JobInputError
+from jobs.params.gan import RecoverLatentParams, TrainEncoderParams, TrainGeneratorParams
 from jobs.torchscript_check import NotTorchScriptError, UnsafeTorchScriptError, check_torchscript_archive
 from jobs.torchscript_ops import ALLOWED_OPS
-from workers.runners import Preempted
+from workers.runners import Preempted, ml_config, params_as
+
+if TYPE_CHECKING:
+    from workers.context import JobContext
 
 
-def _dataset_folder(ctx: Any, ref: str) -> Path | None:
+def _dataset_folder(ctx: JobContext, ref: str) -> Path | None:
     """The local folder of `ref` (builtin:digits needs none)."""
     return None if ref == "builtin:digits" else Path(ctx.open_dataset(ref))
 
@@ -37,7 +41,7 @@ def _check_generator_archive(file: Path) -> None:
         raise GeneratorContractError(f"{file.name}: {exc}") from exc
 
 
-def _load_generator(ctx: Any, p: Any) -> tuple[Any, Any]:
+def _load_generator(ctx: JobContext, p: TrainEncoderParams | RecoverLatentParams) -> tuple[Any, Any]:
     """The job's generator, refused before it runs if it could do more than compute on tensors."""
     from ml.gan.generator import GeneratorContractError, load_generator
 
@@ -54,18 +58,18 @@ def _load_generator(ctx: Any, p: Any) -> tuple[Any, Any]:
         raise JobInputError(f"generator {p.generator}: {exc}") from exc
 
 
-def _put_json(ctx: Any, name: str, data: Any) -> None:
+def _put_json(ctx: JobContext, name: str, data: Any) -> None:
     ctx.put_artifact(name, json.dumps(data, indent=2, default=str).encode(), "application/json")
 
 
-def run_train_generator(ctx: Any) -> dict[str, Any]:
+def run_train_generator(ctx: JobContext) -> dict[str, Any]:
     """Train a DCGAN; artifacts: generator.pt, generator.json (the contract), samples.png, config.json."""
     from ml.data import DatasetError
     from ml.gan.common import GANConfigError, TrainingStopped
     from ml.gan.data import load_gan_images
     from ml.gan.train_gan import DCGANConfig, export_dcgan, train_dcgan
 
-    p = ctx.params
+    p = params_as(ctx, TrainGeneratorParams)
     try:
         images = load_gan_images(
             p.dataset, _dataset_folder(ctx, p.dataset), p.channels, p.max_images, resize_if_mixed=p.image_size
@@ -73,21 +77,7 @@ def run_train_generator(ctx: Any) -> dict[str, Any]:
     except DatasetError as exc:
         raise JobInputError(f"dataset {p.dataset}: {exc}") from exc
     channels = {"grey": 1, "rgb": 3}.get(p.channels or "", int(images.shape[1]))
-    config = DCGANConfig(
-        latent_dim=p.latent_dim,
-        prior=p.prior,
-        image_size=p.image_size,
-        channels=channels,
-        g_width=p.g_width,
-        d_width=p.d_width,
-        loss=p.loss,
-        epochs=p.epochs,
-        batch_size=p.batch_size,
-        lr=p.lr,
-        beta1=p.beta1,
-        beta2=p.beta2,
-        seed=p.seed,
-    )
+    config = ml_config(DCGANConfig, p, channels=channels)
     ctx.log(f"train_generator: {images.shape[0]} images of {p.dataset}, DCGAN {p.image_size}x{p.image_size}")
     try:
         trained = train_dcgan(images, config, ctx, ctx.device, source=p.dataset)
@@ -127,7 +117,7 @@ def _samples_png(generator: Any, config: Any) -> bytes:
     return grid_png(images, 8, upscale=max(1, 64 // config.image_size))
 
 
-def run_train_encoder(ctx: Any) -> dict[str, Any]:
+def run_train_encoder(ctx: JobContext) -> dict[str, Any]:
     """Train a latent encoder for a generator; artifacts: encoder.pt, config.json, reconstructions.png."""
     from ml.data import DatasetError
     from ml.gan.common import GANConfigError, TrainingStopped, fit_images, to_signed
@@ -136,7 +126,7 @@ def run_train_encoder(ctx: Any) -> dict[str, Any]:
     from ml.gan.perceptual import PerceptualLoss, load_face_network
     from ml.gan.train_encoder import EncoderConfig, train_encoder
 
-    p = ctx.params
+    p = params_as(ctx, TrainEncoderParams)
     generator, info = _load_generator(ctx, p)
     perceptual = None
     if p.w_perc > 0 and p.perceptual_model:
@@ -154,20 +144,7 @@ def run_train_encoder(ctx: Any) -> dict[str, Any]:
         except DatasetError as exc:
             raise JobInputError(f"real_dataset {p.real_dataset}: {exc}") from exc
         real = to_signed(fit_images(images, info.channels, info.image_size))
-    config = EncoderConfig(
-        steps=p.steps,
-        real_steps=p.real_steps,
-        batch_size=p.batch_size,
-        lr=p.lr,
-        beta1=p.beta1,
-        beta2=p.beta2,
-        w_z=p.w_z,
-        w_perc=p.w_perc,
-        w_pix=p.w_pix,
-        checkpoint_every=p.checkpoint_every,
-        preview_every=p.preview_every,
-        seed=p.seed,
-    )
+    config = ml_config(EncoderConfig, p)
     try:
         trained = train_encoder(
             generator, info.latent_dim, info.prior, config, ctx, ctx.device, perceptual, real, p.generator
@@ -183,7 +160,7 @@ def run_train_encoder(ctx: Any) -> dict[str, Any]:
     return {"steps": p.steps + p.real_steps, **trained.metrics, "seconds": trained.seconds}
 
 
-def run_recover_latent(ctx: Any) -> dict[str, Any]:
+def run_recover_latent(ctx: JobContext) -> dict[str, Any]:
     """Compare recovery methods on targets; artifacts: z.npy, reconstructions.png, metrics.json."""
     import numpy as np
     import torch
@@ -197,7 +174,7 @@ def run_recover_latent(ctx: Any) -> dict[str, Any]:
     from ml.gan.perceptual import load_face_network
     from ml.gan.recover import Recovery
 
-    p = ctx.params
+    p = params_as(ctx, RecoverLatentParams)
     generator, info = _load_generator(ctx, p)
     encoder = None
     try:
@@ -209,7 +186,9 @@ def run_recover_latent(ctx: Any) -> dict[str, Any]:
                     f"the generator makes {info.image_size} images from {info.latent_dim}-d z"
                 )
         face = load_face_network(ctx.open_model(p.face_model), None, ctx.device) if p.face_model else None
-        names = p.methods or (["gradient", "gradient+clip"] + (["encoder", "encoder+refine"] if encoder else []))
+        names: list[str] = list(p.methods or []) or (
+            ["gradient", "gradient+clip"] + (["encoder", "encoder+refine"] if encoder else [])
+        )
         specs = method_specs(names, info.prior, p.iterations, p.refine_iterations, p.clip)
     except GANConfigError as exc:
         raise JobInputError(f"recover_latent: {exc}") from exc

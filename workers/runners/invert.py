@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs.errors import JobInputError
-from workers.runners import Preempted
+from jobs.params.invert import InvertParams
+from workers.runners import Preempted, ml_config, params_as
+
+if TYPE_CHECKING:
+    from workers.context import JobContext
 
 
 def _png(image: Any) -> bytes:
@@ -20,7 +24,7 @@ def _png(image: Any) -> bytes:
     return buf.getvalue()
 
 
-def run_invert(ctx: Any) -> dict[str, Any]:
+def run_invert(ctx: JobContext) -> dict[str, Any]:
     """Invert the model named by `ctx.params.model`; artifacts: images/*.png, grid.png, tensors.pt, metrics.json."""
     import torch
 
@@ -28,7 +32,7 @@ def run_invert(ctx: Any) -> dict[str, Any]:
     from ml.arcface.train import load_trained
     from ml.invert.inversion import InversionConfig, InversionError, grid_png, invert
 
-    p = ctx.params
+    p = params_as(ctx, InvertParams)
     try:
         backbone, weight, model_config = load_trained(ctx.open_model(p.model), device="cpu")
     except TrainedModelError as exc:
@@ -36,25 +40,11 @@ def run_invert(ctx: Any) -> dict[str, Any]:
     warp = model_config.get("warp") or "none"
     if warp != "none":
         ctx.log(f"invert: the model was trained in the {warp} space; the images are in that space")
-    config = InversionConfig(
-        classes=p.classes,
-        images_per_class=p.images_per_class,
-        iterations=p.iterations,
-        lr=p.lr,
-        lr_schedule=p.lr_schedule,
-        lambda_bn=p.lambda_bn,
-        bn_form=p.bn_form,
-        first_bn_weight=p.first_bn_weight,
-        adam_betas=tuple(p.adam_betas),
-        tv_weight=p.tv_weight,
-        l2_weight=p.l2_weight,
-        jitter=p.jitter,
-        flip=p.flip,
-        seed=p.seed,
+    config = ml_config(
+        InversionConfig,
+        p,
         margin_degrees=float(model_config.get("margin") or 28.6),
         scale=float(model_config.get("scale") or 64.0),
-        checkpoint_every=p.checkpoint_every,
-        preview_every=p.preview_every,
         # Faster on CUDA; a checkpoint of either layout resumes in the other (ml.invert.inversion refits it).
         channels_last=ctx.device.type == "cuda",
     )

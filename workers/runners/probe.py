@@ -7,9 +7,13 @@ import os
 import platform
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from workers.runners import Preempted
+from jobs.params.probe import ProbeParams
+from workers.runners import Preempted, params_as
+
+if TYPE_CHECKING:
+    from workers.context import JobContext
 
 
 def device_info(device: Any) -> dict[str, Any]:
@@ -88,11 +92,11 @@ def timed_matmul(device: Any, n: int, repeats: int, dtype_name: str) -> dict[str
     }
 
 
-def _raise_fault(ctx: Any) -> None:
+def _raise_fault(ctx: JobContext) -> None:
     """The test-only failures of `fail_with` / `fault`, on the first `fault_attempts` attempts (or all)."""
     import torch
 
-    p = ctx.params
+    p = params_as(ctx, ProbeParams)
     if p.fault_attempts is not None and ctx.attempt > p.fault_attempts:
         return
     if p.fault == "accelerator_error":
@@ -103,10 +107,10 @@ def _raise_fault(ctx: Any) -> None:
         raise RuntimeError(p.fail_with)
 
 
-def run_probe(ctx: Any) -> dict[str, Any]:
+def run_probe(ctx: JobContext) -> dict[str, Any]:
     import torch
 
-    p = ctx.params
+    p = params_as(ctx, ProbeParams)
     _raise_fault(ctx)
     held = None
     if p.allocate_gib is not None:
