@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import CursorResult, and_, or_, select, update
 from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from jobs.models import Job
 
 
 class JobStatus(enum.StrEnum):
@@ -81,6 +84,16 @@ def _fence(job_id: str, attempt: int, worker_id: str) -> Any:
 
 def claim(session: Session, job_id: str, worker_id: str, lease_seconds: int) -> int | None:
     """queued -> running for this worker; the new attempt number, or None if someone else has it."""
+    job = claim_job(session, job_id, worker_id, lease_seconds)
+    return int(job.attempt) if job is not None else None
+
+
+def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: int) -> Job | None:
+    """`claim`, answering with the claimed `Job` row (None if someone else has it).
+
+    The UPDATE returns the whole row, so a worker needs no SELECT after winning: one round trip
+    fewer per job than claiming and then reading the job.
+    """
     job = _job()
     now = utcnow()
     res = session.execute(
@@ -94,10 +107,10 @@ def claim(session: Session, job_id: str, worker_id: str, lease_seconds: int) -> 
             started_at=now,
             updated_at=now,
         )
-        .returning(job.attempt)
+        .returning(job)
     )
-    row = res.first()
-    return int(row[0]) if row else None
+    claimed: Job | None = res.scalars().first()
+    return claimed
 
 
 def renew_lease(
