@@ -17,7 +17,7 @@ import enum
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import CursorResult, and_, or_, select, update
+from sqlalchemy import CursorResult, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
@@ -47,6 +47,10 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
+# PostgreSQL's NOTIFY channel on which each transition to an end names its job (`api/job_wait.py` listens).
+JOB_ENDED_CHANNEL = "facejobs_job_ended"
+
+
 class TransitionError(Exception):
     """A transition the lifecycle does not allow."""
 
@@ -64,6 +68,12 @@ def _rowcount(result: Any) -> int:
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def notify_ended(session: Session, job_id: str) -> None:
+    """Announce that `job_id` ended, when this transaction commits (PostgreSQL; SQLite has no NOTIFY)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_notify(JOB_ENDED_CHANNEL, job_id)))
 
 
 def _job() -> Any:
@@ -149,7 +159,7 @@ def finish(
     """running -> succeeded | failed | cancelled, fenced by attempt and lease owner."""
     check_transition(JobStatus.RUNNING, status)
     now = utcnow()
-    return fenced_update(
+    ok = fenced_update(
         session,
         job_id,
         attempt,
@@ -160,6 +170,9 @@ def finish(
         lease_expires_at=None,
         **values,
     )
+    if ok:
+        notify_ended(session, job_id)
+    return ok
 
 
 def requeue(session: Session, job_id: str, attempt: int, worker_id: str, preempted: bool) -> bool:
@@ -181,6 +194,7 @@ def request_cancel(session: Session, job_id: str) -> JobStatus | None:
         .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, updated_at=now)
     )
     if _rowcount(res):
+        notify_ended(session, job_id)
         return JobStatus.CANCELLED
     res = session.execute(
         update(job)
@@ -253,4 +267,6 @@ def reap_expired(session: Session, now: datetime | None = None) -> tuple[list[st
         )
         if _rowcount(res):
             bucket.append(job_id)
+            if bucket is failed:
+                notify_ended(session, job_id)
     return requeued, failed
