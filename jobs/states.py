@@ -158,21 +158,17 @@ def finish(
 ) -> bool:
     """running -> succeeded | failed | cancelled, fenced by attempt and lease owner."""
     check_transition(JobStatus.RUNNING, status)
+    job = _job()
     now = utcnow()
-    ok = fenced_update(
-        session,
-        job_id,
-        attempt,
-        worker_id,
-        status=status,
-        finished_at=now,
-        lease_owner=None,
-        lease_expires_at=None,
-        **values,
+    stmt = (
+        update(job)
+        .where(_fence(job_id, attempt, worker_id))
+        .values(status=status, finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None, **values)
     )
-    if ok:
-        notify_ended(session, job_id)
-    return ok
+    if session.get_bind().dialect.name != "postgresql":
+        return bool(_rowcount(session.execute(stmt)))
+    # The NOTIFY rides on the UPDATE (once per row changed, so only when the swap won): no round trip of its own.
+    return session.execute(stmt.returning(func.pg_notify(JOB_ENDED_CHANNEL, job.id))).first() is not None
 
 
 def requeue(session: Session, job_id: str, attempt: int, worker_id: str, preempted: bool) -> bool:
