@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import CursorResult, and_, or_, select, update
+from sqlalchemy import CursorResult, and_, func, or_, select, update
 from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from jobs.models import Job
 
 
 class JobStatus(enum.StrEnum):
@@ -44,6 +47,10 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
+# PostgreSQL's NOTIFY channel on which each transition to an end names its job (`api/job_wait.py` listens).
+JOB_ENDED_CHANNEL = "facejobs_job_ended"
+
+
 class TransitionError(Exception):
     """A transition the lifecycle does not allow."""
 
@@ -61,6 +68,12 @@ def _rowcount(result: Any) -> int:
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def notify_ended(session: Session, job_id: str) -> None:
+    """Announce that `job_id` ended, when this transaction commits (PostgreSQL; SQLite has no NOTIFY)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_notify(JOB_ENDED_CHANNEL, job_id)))
 
 
 def _job() -> Any:
@@ -81,6 +94,16 @@ def _fence(job_id: str, attempt: int, worker_id: str) -> Any:
 
 def claim(session: Session, job_id: str, worker_id: str, lease_seconds: int) -> int | None:
     """queued -> running for this worker; the new attempt number, or None if someone else has it."""
+    job = claim_job(session, job_id, worker_id, lease_seconds)
+    return int(job.attempt) if job is not None else None
+
+
+def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: int) -> Job | None:
+    """`claim`, answering with the claimed `Job` row (None if someone else has it).
+
+    The UPDATE returns the whole row, so a worker needs no SELECT after winning: one round trip
+    fewer per job than claiming and then reading the job.
+    """
     job = _job()
     now = utcnow()
     res = session.execute(
@@ -94,10 +117,10 @@ def claim(session: Session, job_id: str, worker_id: str, lease_seconds: int) -> 
             started_at=now,
             updated_at=now,
         )
-        .returning(job.attempt)
+        .returning(job)
     )
-    row = res.first()
-    return int(row[0]) if row else None
+    claimed: Job | None = res.scalars().first()
+    return claimed
 
 
 def renew_lease(
@@ -135,18 +158,17 @@ def finish(
 ) -> bool:
     """running -> succeeded | failed | cancelled, fenced by attempt and lease owner."""
     check_transition(JobStatus.RUNNING, status)
+    job = _job()
     now = utcnow()
-    return fenced_update(
-        session,
-        job_id,
-        attempt,
-        worker_id,
-        status=status,
-        finished_at=now,
-        lease_owner=None,
-        lease_expires_at=None,
-        **values,
+    stmt = (
+        update(job)
+        .where(_fence(job_id, attempt, worker_id))
+        .values(status=status, finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None, **values)
     )
+    if session.get_bind().dialect.name != "postgresql":
+        return bool(_rowcount(session.execute(stmt)))
+    # The NOTIFY rides on the UPDATE (once per row changed, so only when the swap won): no round trip of its own.
+    return session.execute(stmt.returning(func.pg_notify(JOB_ENDED_CHANNEL, job.id))).first() is not None
 
 
 def requeue(session: Session, job_id: str, attempt: int, worker_id: str, preempted: bool) -> bool:
@@ -168,6 +190,7 @@ def request_cancel(session: Session, job_id: str) -> JobStatus | None:
         .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, updated_at=now)
     )
     if _rowcount(res):
+        notify_ended(session, job_id)
         return JobStatus.CANCELLED
     res = session.execute(
         update(job)
@@ -240,4 +263,6 @@ def reap_expired(session: Session, now: datetime | None = None) -> tuple[list[st
         )
         if _rowcount(res):
             bucket.append(job_id)
+            if bucket is failed:
+                notify_ended(session, job_id)
     return requeued, failed

@@ -25,7 +25,7 @@ from jobs.kinds import get_kind, load_runner, validate_params
 from jobs.models import Job, JobEvent, Worker
 from jobs.redact import new_error_id, scrub_paths
 from jobs.settings import Settings, get_settings
-from jobs.states import JobStatus, claim, finish, requeue, utcnow
+from jobs.states import JobStatus, claim_job, finish, requeue, utcnow
 from jobs.store import get_store
 from jobs.submit import send_job
 from ml.core.errors import InputError, Stopped
@@ -90,8 +90,8 @@ def execute(
     db = settings.resolved_database_url
     node, owner = worker_identity(node)
     with session_scope(db) as s:
-        attempt = claim(s, job_id, owner, settings.lease_seconds)
-        job = s.get(Job, job_id) if attempt else None
+        job = claim_job(s, job_id, owner, settings.lease_seconds)
+        attempt = job.attempt if job is not None else None
         if attempt is not None and job is not None:
             # The claim, its event and the worker's current job in one commit (each was a commit of its own).
             running = f"running on {owner} (attempt {attempt})"
@@ -113,15 +113,18 @@ def execute(
     # The lease is renewed from here on: importing torch and loading models can take a while.
     beat = process_heartbeat(node, settings.heartbeat_seconds, db)
     beat.watch(ctx)
+    returned = False
     try:
         if ctx.device is None:
             ctx.device = default_device(settings.torch_threads, settings.device)
         result = load_runner(spec)(ctx)
+        returned = True  # the result's commit below clears the worker's current job
     except Exception as exc:
         return _error_outcome(ctx, db, spec.name, exc)
     finally:
         beat.unwatch(ctx)
-        _set_current(db, node, None)
+        if not returned:  # else the result's commit below clears the worker's current job
+            _set_current(db, node, None)
         shutil.rmtree(workdir, ignore_errors=True)
 
     try:
@@ -132,10 +135,13 @@ def execute(
             )  # fmt: skip
             if ok:  # the result and its event in one commit
                 s.add(JobEvent(job_id=job_id, attempt=attempt, type="status", message="succeeded"))
+            _mark_current(s, node, None)  # in the same commit too: one transaction fewer per job
     except OperationalError:
+        _set_current(db, node, None)
         raise  # the database is away: the lease runs out and the reaper gives the job another attempt
     except SQLAlchemyError as exc:
         # A result the database refuses would be refused again on every attempt: fail now, say why.
+        _set_current(db, node, None)
         return _fail(db, job_id, attempt, owner, exc)
     if not ok:
         return Outcome("lost", "lease lost before the result was recorded")

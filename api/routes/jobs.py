@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import CeleryDep, CurrentKey, JobDep, SessionDep, SettingsDep
 from api.errors import ApiError, Conflict
+from api.job_wait import MAX_WAIT_SECONDS, wait_until_ended
 from api.pagination import check_limit, keyset, page
 from api.routes import keyed_router
 from api.schemas import ErrorBody, EventPublic, EventsPage, JobCreate, JobPublic, JobsPage
@@ -109,8 +110,17 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def read_job(job: JobDep) -> Job:
-    """One job: status, progress, metrics, result or error."""
+def read_job(
+    job: JobDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    wait_seconds: Annotated[
+        float, Query(ge=0, le=MAX_WAIT_SECONDS, description="Answer when the job ends, or after this long.")
+    ] = 0,
+) -> Job:
+    """One job: status, progress, metrics, result or error (optionally once it has ended)."""
+    if wait_seconds > 0 and not JobStatus(job.status).terminal:
+        wait_until_ended(session, job, settings.resolved_database_url, wait_seconds)
     return job
 
 
