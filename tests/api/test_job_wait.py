@@ -7,7 +7,7 @@ from typing import Any
 
 from api import job_wait
 from jobs.states import JobStatus, claim, finish, request_cancel
-from tests.api.factories import add_job, key_id
+from tests.support.factories import add_job, key_id
 from tests.support import wait_for
 
 
