@@ -7,8 +7,8 @@ from typing import Any
 
 from api import job_wait
 from jobs.states import JobStatus, claim, finish, request_cancel
-from tests.support.factories import add_job, key_id
 from tests.support import wait_for
+from tests.support.factories import add_job, key_id
 
 
 def _get_in_thread(client: Any, path: str) -> tuple[threading.Thread, list[Any]]:
