@@ -129,13 +129,15 @@ def execute(
 
     try:
         with session_scope(db) as s:
+            # The worker row first, in the result's commit (one transaction fewer per job): should that
+            # row be locked, this waits before holding the job's row, so the reaper is never stuck behind it.
+            _mark_current(s, node, None)
             ok = finish(
                 s, job_id, attempt, owner, JobStatus.SUCCEEDED, result=result or {},
                 progress_step=Job.progress_total,
             )  # fmt: skip
             if ok:  # the result and its event in one commit
                 s.add(JobEvent(job_id=job_id, attempt=attempt, type="status", message="succeeded"))
-            _mark_current(s, node, None)  # in the same commit too: one transaction fewer per job
     except OperationalError:
         _set_current(db, node, None)
         raise  # the database is away: the lease runs out and the reaper gives the job another attempt
