@@ -83,6 +83,8 @@ def export_backbone(backbone: nn.Module, config: dict[str, Any], path: str | Pat
                     dynamo=True,
                     verbose=False,
                 )
+                if program is None:
+                    raise ExportError("torch's dynamo exporter returned no program")
                 program.save(str(path))
             else:
                 torch.onnx.export(

@@ -162,7 +162,7 @@ class FaceIndex:
         if k == 0 or q.shape[0] == 0:
             return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
         if self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW()
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
             params.efSearch = max(self.settings.ef_search, k)
             sims, rows = self.index.search(q, k, params=params)
         else:

@@ -175,5 +175,5 @@ def load_index(folder: str | Path) -> FaceIndex:
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise IndexFileError(f"{INDEX_FILE} does not use the inner-product metric")
     if kind == "hnsw":
-        index.hnsw.efSearch = settings.ef_search
+        index.hnsw.efSearch = settings.ef_search  # type: ignore[attr-defined]
     return FaceIndex(index, tuple(idmap["keys"]), tuple(idmap["identities"]), kind, settings, idmap["version"])

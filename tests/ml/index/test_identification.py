@@ -2,7 +2,8 @@
 
 Every figure of `identification_report` and every open-set decision of `search_faces` is checked
 against a brute-force computation here: all probe-gallery similarities in float64, identities
-ranked by their best image, thresholds found by trying every score.
+ranked by their best image, thresholds found by trying every score. Slow: the module's model
+trains for ~45 s on a loaded 2-core machine.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import pytest
 from ml.index import UNKNOWN, FaceIndex, build_index, search_faces, similarity_threshold
 from ml.metrics.identification import identification_report, threshold_at_fpir
 from tests.ml.index.orl import OrlSplit, orl_embeddings, orl_gallery_model, orl_split
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
