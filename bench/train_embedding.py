@@ -159,7 +159,8 @@ def platform_run(dataset: ImageDataset, config: TrainConfig, device: torch.devic
     from jobs.states import claim
     from jobs.store import LocalStore
     from workers.context import JobContext
-    from workers.runner import Heartbeat, worker_identity
+    from workers.heartbeat import renewing
+    from workers.runner import worker_identity
 
     home.mkdir(parents=True, exist_ok=True)
     settings = Settings(home=home, database_url="", store_backend="local", env="dev")
@@ -200,15 +201,10 @@ def platform_run(dataset: ImageDataset, config: TrainConfig, device: torch.devic
 
     checkpoint_seconds: list[float] = []
     ctx.save_checkpoint = timed_save  # type: ignore[method-assign]
-    beat = Heartbeat(ctx, node, settings.heartbeat_seconds)
-    beat.start()
-    try:
+    with renewing(ctx, node):
         sync(device)
         start, cpu_start = time.perf_counter(), time.process_time()
         result = train_embedding(dataset, config, callbacks=ctx, device=device)
-    finally:
-        beat.stopped.set()
-        beat.join(5)
     with session_scope(db) as s:
         row = s.get(Job, job.id)
         assert row is not None and row.checkpoint_step == config.epochs, "the job row lacks the last checkpoint"

@@ -21,6 +21,7 @@ from jobs.models import Worker
 from jobs.settings import get_settings
 from jobs.states import utcnow
 from jobs.store import reset_stores
+from workers.heartbeat import process_heartbeat
 
 log = logging.getLogger(__name__)
 app = make_celery()
@@ -73,9 +74,9 @@ def _register_worker(sender: Any = None, **_: Any) -> None:
         w.pid, w.queues, w.device = os.getpid(), queues, _device_name()
         w.draining, w.current_job_id, w.started_at, w.last_heartbeat = False, None, utcnow(), utcnow()
         s.merge(w)
-    beat = WorkerHeartbeat(node, settings.heartbeat_seconds)
-    beat.start()
-    _main_threads.append(beat)
+    # The process's one heartbeat (workers/heartbeat.py): the row stays fresh while idle; jobs this
+    # process runs itself (solo and threads pools) have their leases renewed by the same thread.
+    _main_threads.append(process_heartbeat(node, settings.heartbeat_seconds, settings.resolved_database_url))
     if settings.run_reaper:
         reaper = ReaperThread(settings)
         reaper.start()
@@ -106,22 +107,3 @@ def _unregister(sender: Any = None, **_: Any) -> None:
             s.execute(delete(Worker).where(Worker.id == _node(sender)))
     except Exception:
         log.exception("could not remove the worker row")
-
-
-class WorkerHeartbeat(threading.Thread):
-    """Keeps the worker row's `last_heartbeat` fresh while idle (jobs refresh it too)."""
-
-    def __init__(self, node: str, interval: float) -> None:
-        super().__init__(name="worker-heartbeat", daemon=True)
-        self.node, self.interval = node, interval
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.wait(self.interval):
-            try:
-                with session_scope() as s:
-                    w = s.get(Worker, self.node)
-                    if w is not None:
-                        w.last_heartbeat = utcnow()
-            except Exception:
-                log.exception("worker heartbeat failed")

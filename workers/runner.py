@@ -36,6 +36,7 @@ from workers.device_faults import (
     release_device_memory,
     resolve_device,
 )
+from workers.heartbeat import process_heartbeat
 from workers.runners import Preempted
 
 log = logging.getLogger(__name__)
@@ -51,29 +52,6 @@ class Outcome:
     # The device context of this process is broken: the task ends the process after recording the
     # outcome, so Celery's pool starts a fresh one (see workers.tasks).
     exit_process: bool = False
-
-
-class Heartbeat(threading.Thread):
-    """Renews the lease and reads the cancel and drain flags every `heartbeat_seconds`."""
-
-    def __init__(self, ctx: JobContext, node: str, interval: float) -> None:
-        super().__init__(name=f"heartbeat-{ctx.job_id}", daemon=True)
-        self.ctx, self.node, self.interval = ctx, node, interval
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.wait(self.interval):
-            self.ctx.heartbeat()
-            try:
-                with session_scope(self.ctx.settings.resolved_database_url, durable=False) as s:
-                    w = s.get(Worker, self.node)
-                    if w is not None:
-                        w.last_heartbeat = utcnow()
-                        w.current_job_id = self.ctx.job_id
-                        if w.draining:
-                            self.ctx._drain.set()
-            except Exception:
-                log.exception("worker heartbeat failed (the job goes on)")
 
 
 def default_device(torch_threads: int | None = None, choice: str = "auto") -> Any:
@@ -132,8 +110,8 @@ def execute(
         return _fail(db, job_id, attempt, owner, exc)
     ctx = JobContext(job, attempt, owner, params, settings, get_store(settings), device, workdir, drain_event)
     # The lease is renewed from here on: importing torch and loading models can take a while.
-    beat = Heartbeat(ctx, node, settings.heartbeat_seconds)
-    beat.start()
+    beat = process_heartbeat(node, settings.heartbeat_seconds, db)
+    beat.watch(ctx)
     try:
         if ctx.device is None:
             ctx.device = default_device(settings.torch_threads, settings.device)
@@ -141,8 +119,7 @@ def execute(
     except Exception as exc:
         return _error_outcome(ctx, db, spec.name, exc)
     finally:
-        beat.stopped.set()
-        beat.join(5)
+        beat.unwatch(ctx)
         _set_current(db, node, None)
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -40,6 +40,10 @@ class LeaseAndProgress(ContextBase):
         """True when the job was cancelled, the lease was lost, or the worker is shutting down."""
         return self._cancel.is_set() or self._lost.is_set() or self._drain.is_set()
 
+    def mark_draining(self) -> None:
+        """The worker is shutting down: `should_stop()` answers True from now on."""
+        self._drain.set()
+
     # ---- heartbeat (called from the heartbeat thread) ---------------------------------------
     def heartbeat(self) -> None:
         """Renew the lease, flush throttled progress, and read the cancel flag."""
