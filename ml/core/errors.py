@@ -12,7 +12,7 @@ This module imports nothing heavy: the worker's outcome mapping imports it befor
 
 from __future__ import annotations
 
-__all__ = ["InputError", "Stopped"]
+__all__ = ["InputError", "Stopped", "stop_message"]
 
 
 class InputError(ValueError):
@@ -32,3 +32,8 @@ class Stopped(Exception):
         super().__init__(message)
         self.step = step
         self.total = total
+
+
+def stop_message(what: str, unit: str, done: int, total: int) -> str:
+    """The message of a `Stopped`: what stopped, after which unit, and what to do."""
+    return f"{what} stopped after {unit} {done} of {total} (checkpoint saved); run again to resume"

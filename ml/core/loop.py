@@ -35,16 +35,11 @@ import torch
 
 from ml.core.callbacks import Callbacks
 from ml.core.device_state import fit_optimizer_state, portable
-from ml.core.errors import InputError, Stopped
+from ml.core.errors import InputError, Stopped, stop_message
 from ml.core.fingerprint import resumable
 from ml.core.state import Stateful
 
-__all__ = ["LoopPolicy", "ResumableLoop", "stop_message"]
-
-
-def stop_message(what: str, unit: str, done: int, total: int) -> str:
-    """The message of every `Stopped`: what stopped, after which unit, and what to do."""
-    return f"{what} stopped after {unit} {done} of {total} (checkpoint saved); run again to resume"
+__all__ = ["LoopPolicy", "ResumableLoop"]
 
 
 @dataclass

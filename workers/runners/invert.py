@@ -26,7 +26,9 @@ def run_invert(ctx: Any) -> dict[str, Any]:
 
     from ml.arcface.model import TrainedModelError
     from ml.arcface.train import load_trained
-    from ml.invert.inversion import InversionConfig, InversionError, grid_png, invert
+    from ml.core.errors import Stopped
+    from ml.core.images import grid_png
+    from ml.invert.inversion import InversionConfig, InversionError, invert
 
     p = ctx.params
     try:
@@ -72,8 +74,8 @@ def run_invert(ctx: Any) -> dict[str, Any]:
         )
     except InversionError as exc:
         raise JobInputError(f"invert: {exc}") from exc
-    if result.stopped:
-        raise Preempted(f"inversion stopped at step {result.step} (checkpoint saved)")
+    except Stopped as exc:
+        raise Preempted(f"inversion stopped at step {exc.step} (checkpoint saved)") from exc
 
     ipc = config.images_per_class
     for i, (image, label) in enumerate(zip(result.images, result.labels.tolist(), strict=True)):

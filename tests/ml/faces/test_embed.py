@@ -23,11 +23,12 @@ from ml.arcface.model import Normalization, save_trained
 from ml.arcface.train import TrainConfig, TrainedEmbedding, train_embedding
 from ml.backbones import create_backbone
 from ml.core.callbacks import LocalCallbacks
+from ml.core.errors import Stopped
 from ml.data import ImageDataset
 from ml.faces.align import align_faces
 from ml.faces.decode import DecodeLimits, list_files
 from ml.faces.detect import DetectorSettings, FaceDetector
-from ml.faces.embed import INDEX_COLUMNS, EmbedResult, EmbedSettings, EmbedStopped, embed_dataset, embed_image
+from ml.faces.embed import INDEX_COLUMNS, EmbedResult, EmbedSettings, embed_dataset, embed_image
 from ml.faces.models import FaceModel, load_trained_model
 from ml.metrics.verification import auc, roc_curve
 from tests.ml.threads import one_torch_thread
@@ -174,9 +175,9 @@ def test_a_killed_run_resumes_to_the_outputs_of_an_uninterrupted_one(orl_dir: Pa
     full = embed_dataset(files, full_model, settings, LocalCallbacks())
 
     killed_model, killed_cb = tiny_model(), LocalCallbacks(tmp_path / "ckpt", stop_after_checkpoints=2)
-    with pytest.raises(EmbedStopped, match="after chunk 2 of 6") as info:
+    with pytest.raises(Stopped, match="after chunk 2 of 6") as info:
         embed_dataset(files, killed_model, settings, killed_cb)
-    assert info.value.chunks_done == 2
+    assert info.value.step == 2
     resumed_model, resumed_cb = tiny_model(), killed_cb.resume()
     resumed = embed_dataset(files, resumed_model, settings, resumed_cb)
 
@@ -198,7 +199,7 @@ def test_a_checkpoint_of_other_settings_is_refused(orl_dir: Path, tmp_path: Path
     files = list_files(orl_dir)[:6]
     cb = LocalCallbacks(stop_after_checkpoints=1)
     settings = EmbedSettings(detector=ORL_DETECTOR, chunk_size=3, flip_tta=False)
-    with pytest.raises(EmbedStopped):
+    with pytest.raises(Stopped):
         embed_dataset(files, tiny_model(), settings, cb)
     other = EmbedSettings(detector=ORL_DETECTOR, chunk_size=3, flip_tta=True)
     with pytest.raises(ValueError, match="other settings, model or files"):
