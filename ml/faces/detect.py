@@ -28,8 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ml.core.errors import InputError
 
-class DetectorSettingsError(ValueError):
+
+class DetectorSettingsError(InputError):
     """A detector setting is out of range."""
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.arcface.model import Normalization, TrainedModelError, load_trained, preprocess
+from ml.core.errors import InputError
 from ml.core.safe_load import UnsafeFileError, WeightsMismatchError, check_fits, facenet_state_dict, load_data_file
 
 FACENET_FILES = {
@@ -34,7 +35,7 @@ FACENET_FILES = {
 FACENET_NORMALIZE = Normalization((127.5 / 255,) * 3, (128 / 255,) * 3)
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(InputError):
     """The model files are missing, unreadable, or not the model they claim to be."""
 
 
