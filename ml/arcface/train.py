@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -169,7 +168,6 @@ class _ArcFaceLoop(ResumableLoop):
         self.n = int(self.x01.shape[0])
         self.batch, self.progress_every = batch, progress_every
         self.steps_per_epoch = max(1, self.n // batch)
-        self.history: list[dict[str, Any]] = []
 
     def stateful(self) -> dict[str, Stateful]:
         return {
@@ -179,12 +177,6 @@ class _ArcFaceLoop(ResumableLoop):
             "scheduler": self.sched,
             "rng": GlobalRNG(),
         }
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"history": self.history}
-
-    def load_extra(self, state: Mapping[str, Any]) -> None:
-        self.history = list(state["history"])
 
     def step(self, epoch: int) -> None:
         config, device, batch, steps = self.config, self.policy.device, self.batch, self.steps_per_epoch

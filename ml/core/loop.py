@@ -121,6 +121,7 @@ class ResumableLoop:
         self.resumed = False
         self.checkpoints = 0
         self.checkpoint_seconds = 0.0
+        self.history: list[dict[str, Any]] = []  # one row per epoch or report, saved with the state
 
     # Hooks ------------------------------------------------------------------------------------
 
@@ -133,11 +134,12 @@ class ResumableLoop:
         raise NotImplementedError
 
     def extra_state(self) -> dict[str, Any]:
-        """Plain values saved beside the objects (history, timings)."""
-        return {}
+        """Plain values saved beside the objects: the history by default (add timings, counters)."""
+        return {"history": self.history}
 
     def load_extra(self, state: Mapping[str, Any]) -> None:
         """Take back what `extra_state` saved."""
+        self.history = list(state["history"])
 
     def accept(self, state: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
         """The checkpoint to resume, None to start afresh; raises `mismatch_error` for another run's."""

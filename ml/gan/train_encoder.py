@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -182,17 +181,10 @@ class _EncoderLoop(ResumableLoop):
         self.encoder, self.generator, self.opt = parts
         self.eval_x, self.eval_z = held_out
         self.latent_dim, self.prior = latent
-        self.history: list[dict[str, float]] = []
         self.sums: dict[str, torch.Tensor] = {}
 
     def stateful(self) -> dict[str, Stateful]:
         return {"encoder": self.encoder, "optimizer": self.opt}
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"history": self.history}
-
-    def load_extra(self, state: Mapping[str, Any]) -> None:
-        self.history = list(state["history"])
 
     def preview(self) -> None:
         show = min(8, self.eval_x.shape[0])

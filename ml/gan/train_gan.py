@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -148,16 +147,9 @@ class _DCGANLoop(ResumableLoop):
         self.n = int(x.shape[0])
         self.batch = min(config.batch_size, self.n)
         self.steps_per_epoch = self.n // self.batch
-        self.history: list[dict[str, float]] = []
 
     def stateful(self) -> dict[str, Stateful]:
         return {"generator": self.gen, "discriminator": self.disc, "opt_g": self.opt_g, "opt_d": self.opt_d}
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"history": self.history}
-
-    def load_extra(self, state: Mapping[str, Any]) -> None:
-        self.history = list(state["history"])
 
     def step(self, epoch: int) -> None:
         config, device, batch, steps = self.config, self.policy.device, self.batch, self.steps_per_epoch

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -39,16 +38,9 @@ class TinyLoop(ResumableLoop):
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
         self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=2, gamma=0.5)
         self.x, self.y = torch.randn(16, 4), torch.randn(16, 1)
-        self.history: list[float] = []
 
     def stateful(self) -> dict[str, Stateful]:
         return {"model": self.model, "optimizer": self.opt, "scheduler": self.sched, "rng": GlobalRNG()}
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"history": self.history}
-
-    def load_extra(self, state: Mapping[str, Any]) -> None:
-        self.history = list(state["history"])
 
     def step(self, index: int) -> None:
         # Dropout draws from the global generator: exact resume needs its state in the checkpoint.
@@ -57,9 +49,9 @@ class TinyLoop(ResumableLoop):
         loss.backward()
         self.opt.step()
         self.sched.step()
-        self.history.append(float(loss.detach()))
+        self.history.append({"epoch": index + 1, "loss": float(loss.detach())})
         if self.callbacks is not None:
-            self.callbacks.progress(index + 1, self.total, loss=self.history[-1])
+            self.callbacks.progress(index + 1, self.total, loss=self.history[-1]["loss"])
 
 
 def test_a_stopped_and_resumed_run_ends_with_the_uninterrupted_weights() -> None:
