@@ -12,11 +12,12 @@ from torch import nn
 from ml.arcface.model import WARPS, Normalization
 from ml.backbones import BackboneError, backbone_defaults, check_backbone_kwargs, create_backbone
 from ml.core.defaults import shared_defaults
+from ml.core.errors import InputError
 from ml.data import ImageDataset, Split
 from ml.metrics.verification import VerificationReport
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(InputError):
     """A training hyperparameter is invalid; raised before any training starts."""
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.backbones import backbone_defaults, create_backbone
+from ml.core.errors import InputError
 from ml.core.safe_load import UnsafeFileError, WeightsMismatchError, check_fits, load_data_file, tensor_dict
 from ml.metrics.verification import VerificationReport, embed_images, evaluate_embeddings
 
@@ -31,7 +32,7 @@ FORMAT = "facejobs.embedding/1"
 MAX_IMAGE_SIDE = 1024  # a network input side; larger would be a caller asking the worker for gigabytes
 
 
-class TrainedModelError(ValueError):
+class TrainedModelError(InputError):
     """A model folder is missing files or holds something else."""
 
 

@@ -36,9 +36,10 @@ from torch import nn
 from torch.distributed import ProcessGroup
 
 from ml.arcface.shards import shard_range
+from ml.core.errors import InputError
 
 
-class PartialFCError(ValueError):
+class PartialFCError(InputError):
     """A batch the sharded loss cannot take (shapes, labels out of range, uneven rank batches)."""
 
 

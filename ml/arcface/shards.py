@@ -13,8 +13,10 @@ import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 
+from ml.core.errors import InputError
 
-class ShardError(ValueError):
+
+class ShardError(InputError):
     """Shards that do not fit the requested layout (wrong count, sizes or embedding size)."""
 
 

@@ -6,7 +6,7 @@
    pytorch-metric-learning's `ArcFaceLoss` (its W in its own optimizer parameter group);
 3. after every epoch saves a checkpoint through `callbacks.save_checkpoint` (model, W, optimizer,
    scheduler, RNG states, epoch, history) and, if `callbacks.should_stop()`, raises
-   `TrainingStopped` (a new attempt with the same callbacks store resumes from that epoch);
+   `ml.core.errors.Stopped` (a new attempt with the same callbacks store resumes from that epoch);
 4. evaluates the held-out part with `ml.metrics.verification` and returns a `TrainedEmbedding`.
 
 Resume is exact: the data order, augmentation and dropout of epoch e are drawn from generators
@@ -21,10 +21,7 @@ copied to it once, each step's loss and hit count stay there, and the host reads
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import random
 import time
 from typing import Any
 
@@ -37,7 +34,11 @@ from ml.arcface.config import TrainConfig, TrainConfigError, TrainedEmbedding, v
 from ml.arcface.model import Normalization, load_trained, preprocess, save_trained
 from ml.backbones import BackboneError, create_backbone
 from ml.core.callbacks import Callbacks, LocalCallbacks
-from ml.core.device_state import fit_optimizer_state, portable, to_device
+from ml.core.device_state import to_device
+from ml.core.fingerprint import fingerprint
+from ml.core.loop import LoopPolicy, ResumableLoop
+from ml.core.seeding import epoch_seed, seed_everything
+from ml.core.state import GlobalRNG, Stateful
 from ml.data import ImageDataset, check_trainable, make_split
 from ml.metrics.verification import embed_images, evaluate_embeddings
 
@@ -45,7 +46,6 @@ __all__ = [
     "TrainConfig",
     "TrainConfigError",
     "TrainedEmbedding",
-    "TrainingStopped",
     "load_trained",
     "save_trained",
     "train_embedding",
@@ -54,55 +54,6 @@ __all__ = [
 
 CHECKPOINT_KIND = "train_embedding"
 PROGRESS_EVERY = 20
-
-
-class TrainingStopped(Exception):
-    """Raised after the checkpoint of `epoch` was saved because `callbacks.should_stop()` was True."""
-
-    def __init__(self, epoch: int) -> None:
-        super().__init__(f"training stopped after epoch {epoch} (checkpoint saved)")
-        self.epoch = epoch
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return (int(seed) * 1_000_003 + int(epoch) * 7_919 + 17) % (2**62)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    # numpy's state as a tensor and numbers, so the checkpoint loads with weights_only=True.
-    bit_generator, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "bit_generator": str(bit_generator),
-            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached_gaussian),
-        },
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    saved = state["numpy"]
-    if isinstance(saved, dict):  # a tuple of numpy arrays in checkpoints written before
-        keys = np.asarray(saved["keys"].numpy(), dtype=np.uint32)
-        saved = (saved["bit_generator"], keys, saved["pos"], saved["has_gauss"], saved["cached_gaussian"])
-    np.random.set_state(saved)
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _epoch_draws(
@@ -193,9 +144,83 @@ def _make_scheduler(config: TrainConfig, opt: torch.optim.Optimizer) -> torch.op
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
-def _fingerprint(config: TrainConfig, dataset: ImageDataset, train_size: int) -> str:
-    blob = json.dumps([config.to_json(), dataset.source, len(dataset), train_size], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+class _ArcFaceLoop(ResumableLoop):
+    """ArcFace training as a resumable loop: one unit is an epoch; the state is the five objects below."""
+
+    kind = CHECKPOINT_KIND
+    mismatch_error = TrainConfigError
+
+    def __init__(
+        self,
+        cb: Callbacks,
+        config: TrainConfig,
+        parts: tuple[nn.Module, ArcFaceLoss, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler],
+        data: tuple[torch.Tensor, torch.Tensor, Normalization],
+        batch: int,
+        progress_every: int,
+        device: torch.device,
+        key: str,
+    ) -> None:
+        super().__init__(cb, config.epochs, key, LoopPolicy(device=device))
+        self.cb, self.config = cb, config
+        self.backbone, self.loss_fn, self.opt, self.sched = parts
+        self.x01, self.y, self.norm = data
+        self.n = int(self.x01.shape[0])
+        self.batch, self.progress_every = batch, progress_every
+        self.steps_per_epoch = max(1, self.n // batch)
+
+    def stateful(self) -> dict[str, Stateful]:
+        return {
+            "model": self.backbone,
+            "loss": self.loss_fn,
+            "optimizer": self.opt,
+            "scheduler": self.sched,
+            "rng": GlobalRNG(),
+        }
+
+    def step(self, epoch: int) -> None:
+        config, device, batch, steps = self.config, self.policy.device, self.batch, self.steps_per_epoch
+        backbone, loss_fn, opt = self.backbone, self.loss_fn, self.opt
+        backbone.train()
+        gen = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
+        torch.manual_seed(epoch_seed(config.seed, epoch) + 1)  # dropout: depends on (seed, epoch) only
+        order = torch.randperm(self.n, generator=gen)[: steps * batch]
+        offsets, flips = _epoch_draws(steps, batch, config.augment_shift, config.augment_flip, gen)
+        order_d = to_device(order, device)
+        offsets_d = to_device(offsets, device) if offsets is not None else None
+        flips_d = to_device(flips, device) if flips is not None else None
+        # Each step's loss and hit count stay on the device; the host reads them every
+        # `progress_every` steps (one sync), replays them to the callbacks and checks them there.
+        stats = torch.zeros(steps, 2, device=device)
+        tally = _Tally(self.cb, epoch, steps, steps * config.epochs, batch)
+        for step in range(steps):
+            idx = order_d[step * batch : (step + 1) * batch]
+            xb = _augment(
+                self.x01[idx],
+                config.augment_shift,
+                offsets_d[step] if offsets_d is not None else None,
+                flips_d[step] if flips_d is not None else None,
+            )
+            yb = self.y[idx]
+            emb = backbone(self.norm.apply(xb))
+            loss = loss_fn(emb, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                stats[step, 0] = loss.detach()
+                stats[step, 1] = (loss_fn.get_cosine(emb.detach()).argmax(1) == yb).sum()
+            if (step + 1) % self.progress_every == 0 or step + 1 == steps:
+                tally.read(stats, step + 1)  # raises FloatingPointError at the first non-finite loss
+        self.history.append(
+            {"epoch": epoch + 1, "loss": tally.sum_loss / tally.seen, "acc": tally.correct / tally.seen,
+             "lr": opt.param_groups[0]["lr"]}
+        )  # fmt: skip
+        self.sched.step()
+        self.cb.log(
+            f"epoch {epoch + 1}/{config.epochs}: loss {tally.sum_loss / tally.seen:.4f}, "
+            f"train acc {tally.correct / tally.seen:.4f}"
+        )
 
 
 def train_embedding(
@@ -219,7 +244,7 @@ def train_embedding(
     Raises:
         TrainConfigError: bad hyperparameters (raised before any training).
         DatasetError: empty data, or fewer than two identities in a split (before any training).
-        TrainingStopped: `callbacks.should_stop()` after an epoch's checkpoint; resume with a new run.
+        Stopped: `callbacks.should_stop()` after an epoch's checkpoint; resume with a new run.
     """
     cb: Callbacks = callbacks if callbacks is not None else LocalCallbacks()
     device = torch.device(device)
@@ -244,7 +269,7 @@ def train_embedding(
     norm = Normalization.uniform(in_channels, config.normalize_mean, config.normalize_std)
     resolved = config.resolved(in_channels, image_size, norm, dataset, split, train_ds)
 
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
     try:
         backbone = create_backbone(config.backbone, **resolved["backbone_kwargs"]).to(device)
     except BackboneError as exc:
@@ -261,83 +286,13 @@ def train_embedding(
     y = train_ds.labels.to(device)
     n = x01.shape[0]
     batch = min(config.batch_size, n)
-    steps_per_epoch = max(1, n // batch)
-    total_steps = steps_per_epoch * config.epochs
-    fingerprint = _fingerprint(config, dataset, n)
 
-    start_epoch, history = 0, []
-    state = cb.load_checkpoint()
-    if state is not None and state.get("kind") == CHECKPOINT_KIND:
-        if state.get("fingerprint") != fingerprint:
-            raise TrainConfigError("the checkpoint found belongs to a different config or dataset; cannot resume")
-        backbone.load_state_dict(state["model"])
-        loss_fn.load_state_dict(state["loss"])
-        opt.load_state_dict(state["optimizer"])
-        fit_optimizer_state(opt)  # the checkpoint may come from another device
-        sched.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        start_epoch, history = int(state["epoch"]), list(state["history"])
-        cb.log(f"resumed from the checkpoint of epoch {start_epoch}")
-
+    key = fingerprint(config.to_json(), dataset.source, len(dataset), n)
+    parts = (backbone, loss_fn, opt, sched)
+    loop = _ArcFaceLoop(cb, config, parts, (x01, y, norm), batch, progress_every, device, key)
     started = time.monotonic()
-    for epoch in range(start_epoch, config.epochs):
-        backbone.train()
-        gen = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch))
-        torch.manual_seed(_epoch_seed(config.seed, epoch) + 1)  # dropout: depends on (seed, epoch) only
-        order = torch.randperm(n, generator=gen)[: steps_per_epoch * batch]
-        offsets, flips = _epoch_draws(steps_per_epoch, batch, config.augment_shift, config.augment_flip, gen)
-        order_d = to_device(order, device)
-        offsets_d = to_device(offsets, device) if offsets is not None else None
-        flips_d = to_device(flips, device) if flips is not None else None
-        # Each step's loss and hit count stay on the device; the host reads them every
-        # `progress_every` steps (one sync), replays them to the callbacks and checks them there.
-        stats = torch.zeros(steps_per_epoch, 2, device=device)
-        tally = _Tally(cb, epoch, steps_per_epoch, total_steps, batch)
-        for step in range(steps_per_epoch):
-            idx = order_d[step * batch : (step + 1) * batch]
-            xb = _augment(
-                x01[idx],
-                config.augment_shift,
-                offsets_d[step] if offsets_d is not None else None,
-                flips_d[step] if flips_d is not None else None,
-            )
-            yb = y[idx]
-            emb = backbone(norm.apply(xb))
-            loss = loss_fn(emb, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                stats[step, 0] = loss.detach()
-                stats[step, 1] = (loss_fn.get_cosine(emb.detach()).argmax(1) == yb).sum()
-            if (step + 1) % progress_every == 0 or step + 1 == steps_per_epoch:
-                tally.read(stats, step + 1)  # raises FloatingPointError at the first non-finite loss
-        history.append(
-            {"epoch": epoch + 1, "loss": tally.sum_loss / tally.seen, "acc": tally.correct / tally.seen,
-             "lr": opt.param_groups[0]["lr"]}
-        )  # fmt: skip
-        sched.step()
-        cb.log(
-            f"epoch {epoch + 1}/{config.epochs}: loss {tally.sum_loss / tally.seen:.4f}, "
-            f"train acc {tally.correct / tally.seen:.4f}"
-        )
-        cb.save_checkpoint(
-            portable(
-                {
-                    "kind": CHECKPOINT_KIND,
-                    "fingerprint": fingerprint,
-                    "epoch": epoch + 1,
-                    "model": backbone.state_dict(),
-                    "loss": loss_fn.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "rng": _rng_state(),
-                    "history": history,
-                }
-            )
-        )
-        if epoch + 1 < config.epochs and cb.should_stop():
-            raise TrainingStopped(epoch + 1)
+    loop.run()  # raises Stopped when asked to stop after an epoch's checkpoint
+    history = loop.history
 
     backbone.eval()
     test_x = preprocess(test_ds.images, image_size, in_channels, norm, config.warp)

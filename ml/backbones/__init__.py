@@ -21,12 +21,14 @@ from typing import Any
 
 from torch import nn
 
+from ml.core.errors import InputError
+
 BackboneFactory = Callable[..., nn.Module]
 
 _REGISTRY: dict[str, BackboneFactory] = {}
 
 
-class BackboneError(ValueError):
+class BackboneError(InputError):
     """A backbone name or configuration is wrong."""
 
 

@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from ml.core.errors import Stopped
 from ml.core.safe_load import load_checkpoint_bytes
 
 
@@ -39,10 +40,6 @@ class Callbacks(Protocol):
         """Replace the live preview image `name` (PNG bytes)."""
 
 
-class StopRequested(Exception):
-    """Raised inside `ml` code by callbacks that want to simulate a kill at a given step."""
-
-
 class LocalCallbacks:
     """In-process callbacks for tests, notebooks and benchmarks.
 
@@ -50,7 +47,7 @@ class LocalCallbacks:
         checkpoint_dir: where checkpoints go (`checkpoint.pt`); None keeps them in memory.
         stop_after_checkpoints: ask the function to stop right after this many checkpoints were
             saved, which is how tests simulate a worker killed mid-run.
-        raise_on_stop: raise `StopRequested` from `save_checkpoint` instead of answering
+        raise_on_stop: raise `ml.core.errors.Stopped` from `save_checkpoint` instead of answering
             `should_stop()`, for code paths that must be interrupted abruptly.
     """
 
@@ -92,7 +89,7 @@ class LocalCallbacks:
             self._checkpoint_bytes = data
         self.checkpoints_saved += 1
         if self.raise_on_stop and self.should_stop():
-            raise StopRequested(f"stopped after {self.checkpoints_saved} checkpoints")
+            raise Stopped(f"stopped after {self.checkpoints_saved} checkpoints", self.checkpoints_saved)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """The last checkpoint, read as data only (`ml.core.safe_load`: it may have been written by anyone)."""

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ml.core.errors import InputError
+
 GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([\w.]+)")
 # What numpy needs to rebuild an ndarray; a dtype of kind "O" (objects) is refused after loading.
 NUMPY_ARRAY_GLOBALS = frozenset(
@@ -35,12 +37,12 @@ NUMERIC_NUMPY_TYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint
 DATA_ONLY = "facejobs reads only tensors, plain containers, numbers and strings from a .pt file (weights_only)"
 
 
-class UnsafeFileError(ValueError):
+class UnsafeFileError(InputError):
     """A torch file holds more than tensor data (a pickled class or function), is not a torch file, or
     (a checkpoint) is not a dict of state."""
 
 
-class WeightsMismatchError(ValueError):
+class WeightsMismatchError(InputError):
     """A file's tensors do not fit the network they are meant for (keys, shapes or dtypes)."""
 
 

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ml.core.errors import InputError
 
-class DatasetError(ValueError):
+
+class DatasetError(InputError):
     """A dataset cannot be used as asked; the message says what is wrong and how to fix it."""
 
 

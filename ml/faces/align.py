@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ml.core.device_state import to_device
+from ml.core.errors import InputError
 from ml.faces import warp as warp_module
 
 # insightface's arcface_dst: where the 5 points land in a 112x112 ArcFace crop.
@@ -33,7 +34,7 @@ ARCFACE_TEMPLATE = (
 ALIGN_SIZES = (112, 160)
 
 
-class AlignError(ValueError):
+class AlignError(InputError):
     """Bad landmarks or alignment settings."""
 
 

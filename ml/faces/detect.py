@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from ml.core.defaults import shared_defaults
+from ml.core.errors import InputError
 
 
-class DetectorSettingsError(ValueError):
+class DetectorSettingsError(InputError):
     """A detector setting is out of range."""
 
 

@@ -8,7 +8,7 @@
   raises;
 - files are processed in fixed chunks of `chunk_size`; after each chunk its embeddings, index rows
   and failures are saved with `callbacks.save_checkpoint`, and `callbacks.should_stop()` then stops
-  the run with `EmbedStopped`. A new run with the same callbacks store starts at the next
+  the run with `ml.core.errors.Stopped`. A new run with the same callbacks store starts at the next
   unfinished chunk, so no face is embedded twice and the final outputs equal an uninterrupted run's;
 - inside a chunk, decoding, detection and embedding overlap (`ml.faces.pipeline`).
 
@@ -24,7 +24,6 @@ run: fine up to a few hundred thousand faces per job; split larger datasets into
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import platform
 import time
@@ -38,6 +37,8 @@ import torch
 
 from ml.core.callbacks import Callbacks, LocalCallbacks
 from ml.core.defaults import shared_defaults
+from ml.core.errors import InputError, Stopped, stop_message
+from ml.core.fingerprint import fingerprint, resumable
 from ml.faces.align import ALIGN_SIZES, AlignError
 from ml.faces.decode import DecodeLimits, Failure, decode_bytes
 from ml.faces.detect import DetectorSettings, DetectorSettingsError, FaceDetector, make_detector
@@ -54,17 +55,8 @@ INDEX_COLUMNS = (
 FAILURE_COLUMNS = ("key", "reason", "detail")
 
 
-class EmbedSettingsError(ValueError):
+class EmbedSettingsError(InputError):
     """An embedding setting is invalid, or a checkpoint belongs to other settings or files."""
-
-
-class EmbedStopped(Exception):
-    """`callbacks.should_stop()` answered True after a chunk's checkpoint; run again to resume."""
-
-    def __init__(self, chunks_done: int, chunks: int) -> None:
-        super().__init__(f"stopped after chunk {chunks_done} of {chunks}")
-        self.chunks_done = chunks_done
-        self.chunks = chunks
 
 
 # The settings a job's params also expose take their one default from ml/faces/defaults.json.
@@ -201,8 +193,11 @@ def _fingerprint(files: Sequence[tuple[str, Path]], model: FaceModel, settings: 
     numeric = settings.resolved(model)
     for name in ("num_workers", "prefetch"):  # how fast, not what: may change between attempts
         numeric.pop(name)
-    blob = json.dumps([model.model_id, numeric, [k for k, _ in files]], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return fingerprint(model.model_id, numeric, [k for k, _ in files])
+
+
+def _stopped(chunks_done: int, chunks: int) -> Stopped:
+    return Stopped(stop_message("embedding", "chunk", chunks_done, chunks), chunks_done, chunks)
 
 
 def embed_dataset(
@@ -225,7 +220,7 @@ def embed_dataset(
 
     Raises:
         EmbedSettingsError: invalid settings, or a checkpoint from other settings, model or files.
-        EmbedStopped: `callbacks.should_stop()` after a chunk's checkpoint (resume by calling again).
+        Stopped: `callbacks.should_stop()` after a chunk's checkpoint (resume by calling again).
     """
     settings = settings or EmbedSettings()
     if detector is not None:
@@ -236,14 +231,13 @@ def embed_dataset(
     model.to(device)
     detector = detector or make_detector(settings.detector, device)
     cfg = settings.pipeline_config(model)
-    fingerprint = _fingerprint(files, model, settings)
+    key = _fingerprint(files, model, settings)
     n = len(files)
     n_chunks = (n + settings.chunk_size - 1) // settings.chunk_size
     parts: list[dict[str, Any]] = []
-    state = cb.load_checkpoint()
-    if state is not None and state.get("kind") == CHECKPOINT_KIND:
-        if state.get("fingerprint") != fingerprint:
-            raise EmbedSettingsError("the checkpoint found belongs to other settings, model or files; cannot resume")
+    mismatch = "the checkpoint found belongs to other settings, model or files; cannot resume"
+    state = resumable(cb.load_checkpoint(), CHECKPOINT_KIND, key, EmbedSettingsError, mismatch)
+    if state is not None:
         parts = list(state["parts"])
         cb.log(f"resumed after chunk {len(parts)} of {n_chunks}")
     size = settings.chunk_size
@@ -254,7 +248,7 @@ def embed_dataset(
     try:
         for out in generator:
             parts.append(_part(out, model.model_id, cfg))
-            cb.save_checkpoint({"kind": CHECKPOINT_KIND, "fingerprint": fingerprint, "parts": parts})
+            cb.save_checkpoint({"kind": CHECKPOINT_KIND, "fingerprint": key, "parts": parts})
             done = sum(int(p["images"]) for p in parts)
             rate = (done - done_before) / max(time.monotonic() - started, 1e-9)
             faces = sum(len(p["rows"]) for p in parts)
@@ -262,11 +256,11 @@ def embed_dataset(
             cb.progress(done, n, faces=faces, failures=fails, images_per_second=rate)
             cb.log(f"chunk {out.chunk + 1}/{n_chunks}: {len(out.faces)} faces, {len(out.failures)} failures")
             if len(parts) < n_chunks and cb.should_stop():
-                raise EmbedStopped(len(parts), n_chunks)
+                raise _stopped(len(parts), n_chunks)
     finally:
         generator.close()
     if len(parts) < n_chunks:  # the pipeline saw a stop request in the middle of a chunk
-        raise EmbedStopped(len(parts), n_chunks)
+        raise _stopped(len(parts), n_chunks)
     return _assemble(parts, model, settings, n)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.arcface.model import Normalization, TrainedModelError, load_trained, preprocess
+from ml.core.errors import InputError
 from ml.core.safe_load import UnsafeFileError, WeightsMismatchError, check_fits, facenet_state_dict, load_data_file
 
 FACENET_FILES = {
@@ -34,7 +36,7 @@ FACENET_FILES = {
 FACENET_NORMALIZE = Normalization((127.5 / 255,) * 3, (128 / 255,) * 3)
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(InputError):
     """The model files are missing, unreadable, or not the model they claim to be."""
 
 
@@ -104,6 +106,50 @@ def _find_weights_file(path: Path, weights: str) -> Path:
     return found[0]
 
 
+FacenetError = Callable[[str, Exception, str], Exception]
+
+
+def inception_resnet_v1(weights: str | None, file: Path | None, error: FacenetError) -> nn.Module:
+    """facenet-pytorch's InceptionResnetV1: weights read from `file`, downloaded by name, or random.
+
+    The one place the network is built, for embedding (`load_facenet` here) and for the GAN's
+    perceptual loss (`ml.gan.perceptual.load_facenet`); each caller words its own errors.
+
+    Args:
+        weights: "vggface2" / "casia-webface" to download (only where online) when `file` is None;
+            None (and no file) for random weights.
+        file: a local state-dict file (a bare state dict or {"state_dict": ...}), read as data only.
+        error: builds the exception to raise from (stage, cause, file name); stage is "download",
+            "unsafe" (not a data-only torch file), "read" (not a dict of tensors) or "fit" (keys,
+            shapes or dtypes of another network).
+
+    Returns:
+        The network in eval mode, on the CPU.
+    """
+    from facenet_pytorch import InceptionResnetV1
+
+    if file is None:
+        if weights is None:
+            return InceptionResnetV1(pretrained=None).eval()
+        try:
+            return InceptionResnetV1(pretrained=weights).eval()
+        except Exception as exc:  # urllib/HTTP/SSL/proxy errors: all mean "not available here"
+            raise error("download", exc, weights) from None
+    module = InceptionResnetV1(pretrained=None)
+    try:
+        state = facenet_state_dict(load_data_file(file, file.name), file.name)
+    except UnsafeFileError as exc:
+        raise error("unsafe", exc, file.name) from None
+    except WeightsMismatchError as exc:
+        raise error("read", exc, file.name) from None
+    try:
+        check_fits(module, state, file.name, "InceptionResnetV1")
+    except WeightsMismatchError as exc:
+        raise error("fit", exc, file.name) from None
+    module.load_state_dict(state, strict=True)
+    return module.eval()
+
+
 def load_facenet(
     weights: str | None = "vggface2", path: str | Path | None = None, device: torch.device | str = "cpu"
 ) -> FaceModel:
@@ -118,35 +164,21 @@ def load_facenet(
         WeightsUnavailableError: no `path` and the download failed (offline machine).
         ModelLoadError: unknown weights name, or a file that is not an InceptionResnetV1 state_dict.
     """
-    from facenet_pytorch import InceptionResnetV1
-
     if weights is not None and weights not in FACENET_FILES:
         raise ModelLoadError(f"unknown FaceNet weights {weights!r}; one of {', '.join(FACENET_FILES)}")
-    if weights is None:
-        module = InceptionResnetV1(pretrained=None)
-    elif path is None:
-        try:
-            module = InceptionResnetV1(pretrained=weights)
-        except Exception as exc:  # urllib/HTTP/SSL errors: all mean "not available here"
-            raise WeightsUnavailableError(
+
+    def error(stage: str, exc: Exception, name: str) -> Exception:
+        if stage == "download":
+            return WeightsUnavailableError(
                 f"could not download the FaceNet {weights} weights ({type(exc).__name__}: {exc}); this "
-                f"machine may be offline: upload {FACENET_FILES[weights]} (POST /models) and pass it as "
+                f"machine may be offline: upload {FACENET_FILES[str(weights)]} (POST /models) and pass it as "
                 "the model's weights"
-            ) from None
-    else:
-        file = _find_weights_file(Path(path), weights)
-        module = InceptionResnetV1(pretrained=None)
-        try:
-            state = facenet_state_dict(load_data_file(file, file.name), file.name)
-        except UnsafeFileError as exc:
-            raise ModelLoadError(f"{file.name} is not a readable torch state_dict: {exc}") from None
-        except WeightsMismatchError as exc:
-            raise ModelLoadError(f"{file.name} is not a state_dict of tensors: {exc}") from None
-        try:
-            check_fits(module, state, file.name, "InceptionResnetV1")
-        except WeightsMismatchError as exc:
-            raise ModelLoadError(f"{file.name} is not an InceptionResnetV1 state_dict: {exc}") from None
-        module.load_state_dict(state, strict=True)
+            )
+        what = {"unsafe": "a readable torch state_dict", "read": "a state_dict of tensors"}
+        return ModelLoadError(f"{name} is not {what.get(stage, 'an InceptionResnetV1 state_dict')}: {exc}")
+
+    file = _find_weights_file(Path(path), str(weights)) if path is not None and weights is not None else None
+    module = inception_resnet_v1(weights if file is None else None, file, error)
     module.eval().to(device)
     return FaceModel(
         module=module,

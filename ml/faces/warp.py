@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ml.core.errors import InputError
+
 SPACES = ("none", "roi_tanh", "roi_tanh_polar", "roi_tanh_circular")
 DEFAULT_ROI_RATIO = 0.8
 # Normalised grid coordinate for "no source pixel": far enough outside [-1, 1] that bilinear
@@ -42,7 +44,7 @@ _OUTSIDE = 4.0
 RoiLike = torch.Tensor | np.ndarray | Sequence[float] | Sequence[Sequence[float]] | None
 
 
-class WarpError(ValueError):
+class WarpError(InputError):
     """Bad input to a warp: unknown space, wrong tensor shape, or an empty RoI."""
 
 

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from ml.gan.common import GANConfigError, TrainingStopped
+from ml.gan.common import GANConfigError
 from ml.gan.compare import METHOD_NAMES, MethodSpec, default_clip, evaluate, method_specs, run_method
 from ml.gan.dcgan import DCGANDiscriminator, DCGANGenerator
 from ml.gan.encoder import EncoderFileError, LatentEncoder, load_encoder, save_encoder
@@ -56,7 +56,6 @@ __all__ = [
     "RecoveryError",
     "TrainedEncoder",
     "TrainedGenerator",
-    "TrainingStopped",
     "cosine",
     "default_clip",
     "evaluate",

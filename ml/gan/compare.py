@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from ml.core.callbacks import Callbacks
-from ml.gan.common import grid_png, to_unit
+from ml.core.images import grid_png
+from ml.gan.common import to_unit
 from ml.gan.metrics import cosine, psnr, ssim, summarise
 from ml.gan.perceptual import FaceFeatures
 from ml.gan.recover import Recovery, RecoveryError, recover_latent

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ml.core.errors import InputError
 from ml.gan.script_guard import UnsafeScriptError, check_script_module
 
 FORMAT = "facejobs.generator/1"
@@ -45,7 +46,7 @@ def quiet_jit() -> Iterator[None]:
         yield
 
 
-class GeneratorContractError(ValueError):
+class GeneratorContractError(InputError):
     """A generator file or module breaks the contract; the message says which part and how to fix it."""
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ml.core.safe_load import UnsafeFileError, WeightsMismatchError, check_fits, facenet_state_dict, load_data_file
+from ml.faces.models import inception_resnet_v1
 from ml.gan.common import GANConfigError
 
 FACENET_LAYERS = ("repeat_1", "mixed_6a", "repeat_2", "mixed_7a", "repeat_3")
@@ -162,31 +162,25 @@ def load_facenet(
         PerceptualWeightsError: no weights given, the download failed, or the file is not
             InceptionResnetV1's.
     """
-    from facenet_pytorch import InceptionResnetV1
-
     if weights is None or str(weights) == "":
         raise PerceptualWeightsError(f"no face-network weights given and they cannot be downloaded here: {UPLOAD_HINT}")
-    if str(weights) in FACENET_NAMES:
-        try:
-            net = InceptionResnetV1(pretrained=str(weights))
-        except Exception as exc:  # no network, proxy, HTTP error: the remedy is the same
-            raise PerceptualWeightsError(
+
+    def error(stage: str, exc: Exception, name: str) -> Exception:
+        if stage == "download":  # no network, proxy, HTTP error: the remedy is the same
+            return PerceptualWeightsError(
                 f"downloading the {weights} InceptionResnetV1 weights failed ({type(exc).__name__}): {UPLOAD_HINT}"
-            ) from exc
+            )
+        if stage == "fit":
+            return PerceptualWeightsError(f"{name} is not an InceptionResnetV1 state dict ({exc})")
+        return PerceptualWeightsError(f"{exc}: {UPLOAD_HINT}")
+
+    if str(weights) in FACENET_NAMES:
+        net = inception_resnet_v1(str(weights), None, error)
     else:
         path = Path(weights)
         if not path.is_file():
             raise PerceptualWeightsError(f"no face-network weights file at {path}: {UPLOAD_HINT}")
-        net = InceptionResnetV1(pretrained=None)
-        try:
-            state = facenet_state_dict(load_data_file(path, path.name), path.name)
-        except (UnsafeFileError, WeightsMismatchError) as exc:
-            raise PerceptualWeightsError(f"{exc}: {UPLOAD_HINT}") from None
-        try:
-            check_fits(net, state, path.name, "InceptionResnetV1")
-        except WeightsMismatchError as exc:
-            raise PerceptualWeightsError(f"{path.name} is not an InceptionResnetV1 state dict ({exc})") from None
-        net.load_state_dict(state)
+        net = inception_resnet_v1(None, path, error)
     net = net.to(device).eval()
     return FaceFeatures(net, list(layers or FACENET_LAYERS), _facenet_prepare, kind="facenet")
 

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from ml.core.callbacks import Callbacks
-from ml.gan.common import GANConfigError, TrainingStopped
+from ml.core.errors import Stopped
+from ml.gan.common import GANConfigError
 from ml.gan.generator import sample_latent
 
 METHODS = ("gradient", "encoder", "encoder+refine")
@@ -111,7 +112,7 @@ def gradient_recover(
         clip: stochastic clipping bound c (None: no clipping).
         seed: seeds the clipping draws.
         step_hook: called as hook(step, z) after every step (and its clipping), for inspection.
-        callbacks: `should_stop()` is polled every 10 steps; a stop raises `TrainingStopped`.
+        callbacks: `should_stop()` is polled every 10 steps; a stop raises `ml.core.errors.Stopped`.
 
     Returns:
         (best z per image, its per-image L1), both on the targets' device.
@@ -138,7 +139,9 @@ def gradient_recover(
         if step_hook is not None:
             step_hook(step, z.detach())
         if callbacks is not None and step % 10 == 0 and step < iterations and callbacks.should_stop():
-            raise TrainingStopped("latent recovery", step)
+            raise Stopped(
+                f"latent recovery stopped at step {step} of {iterations}; run again to resume", step, iterations
+            )
     with torch.no_grad():
         last = _per_image_l1(generator(z), targets)
         better = last < best_l1

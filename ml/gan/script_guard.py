@@ -19,11 +19,13 @@ from collections.abc import Collection, Iterator
 
 import torch
 
+from ml.core.errors import InputError
+
 _CALLS = ("prim::CallFunction", "prim::CallMethod")
 MAX_REPORTED = 20
 
 
-class UnsafeScriptError(ValueError):
+class UnsafeScriptError(InputError):
     """The module's graphs use operations outside the allowlist.
 
     Attributes:

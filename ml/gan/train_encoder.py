@@ -28,8 +28,13 @@ from torch import nn
 
 from ml.core.callbacks import Callbacks, LocalCallbacks
 from ml.core.defaults import shared_defaults
-from ml.core.device_state import fit_optimizer_state, portable, to_device
-from ml.gan.common import GANConfigError, TrainingStopped, derived_seed, fingerprint, grid_png, to_unit
+from ml.core.device_state import to_device
+from ml.core.fingerprint import fingerprint
+from ml.core.images import grid_png
+from ml.core.loop import LoopPolicy, ResumableLoop
+from ml.core.seeding import derived_seed
+from ml.core.state import Stateful
+from ml.gan.common import GANConfigError, to_unit
 from ml.gan.encoder import LatentEncoder
 from ml.gan.generator import check_prior, sample_latent
 from ml.gan.metrics import cosine, psnr
@@ -147,6 +152,83 @@ def _eval(
     return metrics, recon
 
 
+class _EncoderLoop(ResumableLoop):
+    """Encoder training as a resumable loop: one unit is an optimiser step; the state is E and Adam."""
+
+    kind = CHECKPOINT_KIND
+    unit = "step"
+    what = "encoder training"
+    mismatch_error = GANConfigError
+    mismatch_message = "the checkpoint found belongs to a different config or generator; cannot resume"
+
+    def __init__(
+        self,
+        cb: Callbacks,
+        config: EncoderConfig,
+        parts: tuple[LatentEncoder, nn.Module, torch.optim.Optimizer],
+        latent: tuple[int, str],
+        held_out: tuple[torch.Tensor, torch.Tensor],
+        perceptual: PerceptualLoss | None,
+        real_images: torch.Tensor | None,
+        key: str,
+        device: torch.device,
+    ) -> None:
+        # A stop on a step between checkpoints saves that step (polled before the due checkpoint).
+        super().__init__(
+            cb,
+            config.steps + config.real_steps,
+            key,
+            LoopPolicy(device=device),
+            checkpoint_every=config.checkpoint_every,
+            poll_stop_first=True,
+        )
+        self.cb, self.config, self.perceptual, self.real_images = cb, config, perceptual, real_images
+        self.encoder, self.generator, self.opt = parts
+        self.eval_x, self.eval_z = held_out
+        self.latent_dim, self.prior = latent
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def stateful(self) -> dict[str, Stateful]:
+        return {"encoder": self.encoder, "optimizer": self.opt}
+
+    def preview(self) -> None:
+        show = min(8, self.eval_x.shape[0])
+        _metrics, recon = _eval(self.encoder, self.generator, self.eval_x[:show], self.eval_z[:show])
+        self.cb.preview("reconstructions", grid_png(to_unit(torch.cat([self.eval_x[:show], recon])), show))
+
+    def step(self, index: int) -> None:
+        config, device, total, step = self.config, self.policy.device, self.total, index + 1
+        self.encoder.train()
+        rng = torch.Generator().manual_seed(derived_seed(config.seed, 1, step))
+        # Draws on the CPU generator (the same on every device), copied without waiting for the device.
+        if step <= config.steps:
+            z = to_device(sample_latent(config.batch_size, self.latent_dim, self.prior, rng), device)
+            with torch.no_grad():
+                x = self.generator(z)
+            terms = _loss_terms(self.encoder, self.generator, x, z, config, self.perceptual)
+        else:
+            if self.real_images is None:  # validate() refuses this; the check keeps the type narrow
+                raise GANConfigError("real_steps > 0 needs real images (a dataset)")
+            idx = to_device(torch.randint(0, self.real_images.shape[0], (config.batch_size,), generator=rng), device)
+            terms = _loss_terms(self.encoder, self.generator, self.real_images[idx], None, config, self.perceptual)
+        self.opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        self.opt.step()
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, torch.zeros((), device=device)) + v.detach()
+        if step % config.log_every == 0 or step == total:
+            count = (step - 1) % config.log_every + 1
+            values = torch.stack(list(self.sums.values())).tolist()  # one read of the device per report
+            means = {k: v / count for k, v in zip(self.sums, values, strict=True)}
+            if not all(math.isfinite(v) for v in values):
+                raise FloatingPointError(f"the encoder loss became NaN/inf at step {step}; lower lr")
+            self.history.append({"step": step, "phase": 0 if step <= config.steps else 1, **means})
+            self.cb.progress(step, total, **means)
+            self.sums = {}
+        if config.preview_every and step % config.preview_every == 0:
+            self.preview()
+
+
 def train_encoder(
     generator: nn.Module,
     latent_dim: int,
@@ -172,7 +254,7 @@ def train_encoder(
 
     Raises:
         GANConfigError: bad config (before any training).
-        TrainingStopped: `callbacks.should_stop()`; the checkpoint of that step was saved.
+        Stopped: `callbacks.should_stop()`; the checkpoint of that step was saved.
     """
     cb: Callbacks = callbacks if callbacks is not None else LocalCallbacks()
     device = torch.device(device)
@@ -197,7 +279,6 @@ def train_encoder(
     torch.manual_seed(derived_seed(config.seed, 0))  # initial weights: same on every device
     encoder = LatentEncoder(channels, latent_dim).to(device)
     opt = torch.optim.Adam(encoder.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
-    total = config.steps + config.real_steps
     n_real = 0 if real_images is None else int(real_images.shape[0])
     resolved = dict(
         asdict(config),
@@ -212,74 +293,14 @@ def train_encoder(
     )
     key = fingerprint(asdict(config), latent_dim, prior, generator_id, n_real)
 
-    start, history = 0, []
-    state = cb.load_checkpoint()
-    if state is not None and state.get("kind") == CHECKPOINT_KIND:
-        if state.get("fingerprint") != key:
-            raise GANConfigError("the checkpoint found belongs to a different config or generator; cannot resume")
-        encoder.load_state_dict(state["encoder"])
-        opt.load_state_dict(state["optimizer"])
-        fit_optimizer_state(opt)  # the checkpoint may come from another device
-        start, history = int(state["step"]), list(state["history"])
-        cb.log(f"resumed from the checkpoint of step {start}")
-
-    def checkpoint(step: int) -> None:
-        cb.save_checkpoint(
-            portable(
-                {
-                    "kind": CHECKPOINT_KIND,
-                    "fingerprint": key,
-                    "step": step,
-                    "encoder": encoder.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "history": history,
-                }
-            )
-        )
-
-    def preview() -> None:
-        show = min(8, eval_x.shape[0])
-        _metrics, recon = _eval(encoder, generator, eval_x[:show], eval_z[:show])
-        cb.preview("reconstructions", grid_png(to_unit(torch.cat([eval_x[:show], recon])), show))
-
-    encoder.train()
+    parts = (encoder, generator, opt)
+    loop = _EncoderLoop(cb, config, parts, (latent_dim, prior), (eval_x, eval_z), perceptual, real_images, key, device)
     started = time.monotonic()
-    sums: dict[str, torch.Tensor] = {}
-    for step in range(start + 1, total + 1):
-        rng = torch.Generator().manual_seed(derived_seed(config.seed, 1, step))
-        # Draws on the CPU generator (the same on every device), copied without waiting for the device.
-        if step <= config.steps:
-            z = to_device(sample_latent(config.batch_size, latent_dim, prior, rng), device)
-            with torch.no_grad():
-                x = generator(z)
-            terms = _loss_terms(encoder, generator, x, z, config, perceptual)
-        else:
-            idx = to_device(torch.randint(0, n_real, (config.batch_size,), generator=rng), device)
-            terms = _loss_terms(encoder, generator, real_images[idx], None, config, perceptual)  # type: ignore[index]
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        opt.step()
-        for k, v in terms.items():
-            sums[k] = sums.get(k, torch.zeros((), device=device)) + v.detach()
-        if step % config.log_every == 0 or step == total:
-            count = (step - 1) % config.log_every + 1
-            values = torch.stack(list(sums.values())).tolist()  # one read of the device per report
-            means = {k: v / count for k, v in zip(sums, values, strict=True)}
-            if not all(math.isfinite(v) for v in values):
-                raise FloatingPointError(f"the encoder loss became NaN/inf at step {step}; lower lr")
-            history.append({"step": step, "phase": 0 if step <= config.steps else 1, **means})
-            cb.progress(step, total, **means)
-            sums = {}
-        if config.preview_every and step % config.preview_every == 0:
-            preview()
-        stop = step < total and cb.should_stop()
-        if step % config.checkpoint_every == 0 or step == total or stop:
-            checkpoint(step)
-        if stop:
-            raise TrainingStopped("encoder training", step)
+    loop.run()  # raises Stopped when asked to stop (that step's checkpoint is saved first)
+    history = loop.history
 
     metrics, _recon = _eval(encoder, generator, eval_x, eval_z)
-    preview()
+    loop.preview()
     resolved["metrics"] = metrics
     cb.log(f"encoder: held-out latent cosine {metrics['latent_cosine']:.4f}, PSNR {metrics['psnr']:.2f} dB")
     return TrainedEncoder(

@@ -5,7 +5,7 @@
 2. trains with Adam (lr 2e-4, beta1 0.5) on the non-saturating BCE loss or the hinge loss,
    one discriminator step then one generator step per batch;
 3. after every epoch publishes a preview grid of a fixed set of latents, saves a checkpoint
-   (both networks, both optimisers, history) and raises `TrainingStopped` if asked to stop.
+   (both networks, both optimisers, history) and raises `ml.core.errors.Stopped` if asked to stop.
 
 Resume is exact: the data order and latents of epoch e are drawn from a generator seeded by
 (seed, e) alone, so a run killed after k epochs and resumed ends with the same weights as an
@@ -28,17 +28,13 @@ from torch import nn
 
 from ml.core.callbacks import Callbacks, LocalCallbacks
 from ml.core.defaults import shared_defaults
-from ml.core.device_state import fit_optimizer_state, portable, to_device
-from ml.gan.common import (
-    GANConfigError,
-    TrainingStopped,
-    derived_seed,
-    fingerprint,
-    fit_images,
-    grid_png,
-    to_signed,
-    to_unit,
-)
+from ml.core.device_state import to_device
+from ml.core.fingerprint import fingerprint
+from ml.core.images import grid_png
+from ml.core.loop import LoopPolicy, ResumableLoop
+from ml.core.seeding import derived_seed
+from ml.core.state import Stateful
+from ml.gan.common import GANConfigError, fit_images, to_signed, to_unit
 from ml.gan.dcgan import DCGANDiscriminator, DCGANGenerator, check_dcgan
 from ml.gan.generator import PRIORS, sample_latent, save_generator
 
@@ -133,6 +129,72 @@ def _preview(cb: Callbacks, gen: nn.Module, z: torch.Tensor) -> None:
     cb.preview("samples", grid_png(images, nrow, upscale=max(1, 64 // images.shape[-1])))
 
 
+class _DCGANLoop(ResumableLoop):
+    """DCGAN training as a resumable loop: one unit is an epoch; the state is both networks and optimisers."""
+
+    kind = CHECKPOINT_KIND
+    what = "DCGAN training"
+    mismatch_error = GANConfigError
+
+    def __init__(
+        self,
+        cb: Callbacks,
+        config: DCGANConfig,
+        parts: tuple[DCGANGenerator, DCGANDiscriminator, torch.optim.Optimizer, torch.optim.Optimizer],
+        x: torch.Tensor,
+        fixed_z: torch.Tensor,
+        key: str,
+        device: torch.device,
+    ) -> None:
+        super().__init__(cb, config.epochs, key, LoopPolicy(device=device))
+        self.cb, self.config, self.x, self.fixed_z = cb, config, x, fixed_z
+        self.gen, self.disc, self.opt_g, self.opt_d = parts
+        self.n = int(x.shape[0])
+        self.batch = min(config.batch_size, self.n)
+        self.steps_per_epoch = self.n // self.batch
+
+    def stateful(self) -> dict[str, Stateful]:
+        return {"generator": self.gen, "discriminator": self.disc, "opt_g": self.opt_g, "opt_d": self.opt_d}
+
+    def step(self, epoch: int) -> None:
+        config, device, batch, steps = self.config, self.policy.device, self.batch, self.steps_per_epoch
+        gen, disc, opt_g, opt_d = self.gen, self.disc, self.opt_g, self.opt_d
+        gen.train()
+        disc.train()
+        rng = torch.Generator().manual_seed(derived_seed(config.seed, 1, epoch))
+        order = to_device(torch.randperm(self.n, generator=rng), device)
+        sums = torch.zeros(4, device=device)  # d_loss, g_loss, D(x), D(G(z)) summed over steps
+        for step in range(steps):
+            real = self.x[order[step * batch : (step + 1) * batch]]
+            # Drawn on the CPU (the same latents on every device), copied without waiting for the device.
+            z = to_device(sample_latent(batch, config.latent_dim, config.prior, rng), device)
+            fake = gen(z)
+            d_real = disc(real)
+            loss_d = gan_losses(config.loss, d_real, disc(fake.detach()))
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            d_fake = disc(fake)
+            loss_g = generator_loss(config.loss, d_fake)
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            with torch.no_grad():
+                sums += torch.stack([loss_d, loss_g, d_real.mean(), d_fake.mean()]).detach()
+            if (step + 1) % config.log_every == 0 or step + 1 == steps:
+                # One read of the device per report: the running sums and this step's two losses.
+                *running, d_loss, g_loss = torch.cat([sums, loss_d.detach().view(1), loss_g.detach().view(1)]).tolist()
+                if not all(math.isfinite(v) for v in running):
+                    raise FloatingPointError(f"the GAN losses became NaN/inf at epoch {epoch + 1}; lower lr")
+                self.cb.progress(epoch * steps + step + 1, steps * config.epochs, d_loss=d_loss, g_loss=g_loss)
+        means = (sums / steps).tolist()
+        self.history.append(
+            {"epoch": epoch + 1, "d_loss": means[0], "g_loss": means[1], "d_real": means[2], "d_fake": means[3]}
+        )
+        self.cb.log(f"epoch {epoch + 1}/{config.epochs}: d_loss {means[0]:.4f}, g_loss {means[1]:.4f}")
+        _preview(self.cb, gen, self.fixed_z)
+
+
 def train_dcgan(
     images01: torch.Tensor,
     config: DCGANConfig,
@@ -151,7 +213,7 @@ def train_dcgan(
 
     Raises:
         GANConfigError: bad config or too few images (before any training).
-        TrainingStopped: `callbacks.should_stop()` after an epoch's checkpoint.
+        Stopped: `callbacks.should_stop()` after an epoch's checkpoint.
     """
     cb: Callbacks = callbacks if callbacks is not None else LocalCallbacks()
     device = torch.device(device)
@@ -163,9 +225,6 @@ def train_dcgan(
     size = (config.image_size, config.image_size)
     x = to_signed(fit_images(images01, channels, size)).to(device)
     n = int(x.shape[0])
-    batch = min(config.batch_size, n)
-    steps_per_epoch = n // batch
-    total_steps = steps_per_epoch * config.epochs
 
     # Initialise on the CPU from the seed so every device starts from the same weights.
     torch.manual_seed(derived_seed(config.seed, 0))
@@ -180,73 +239,10 @@ def train_dcgan(
     resolved = dict(asdict(config), source=source, train_images=n, architecture="dcgan")
     key = fingerprint(asdict(config), source, n)
 
-    start_epoch, history = 0, []
-    state = cb.load_checkpoint()
-    if state is not None and state.get("kind") == CHECKPOINT_KIND:
-        if state.get("fingerprint") != key:
-            raise GANConfigError("the checkpoint found belongs to a different config or dataset; cannot resume")
-        gen.load_state_dict(state["generator"])
-        disc.load_state_dict(state["discriminator"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        fit_optimizer_state(opt_g)  # the checkpoint may come from another device
-        fit_optimizer_state(opt_d)
-        start_epoch, history = int(state["epoch"]), list(state["history"])
-        cb.log(f"resumed from the checkpoint of epoch {start_epoch}")
-
+    loop = _DCGANLoop(cb, config, (gen, disc, opt_g, opt_d), x, fixed_z, key, device)
     started = time.monotonic()
-    for epoch in range(start_epoch, config.epochs):
-        gen.train()
-        disc.train()
-        rng = torch.Generator().manual_seed(derived_seed(config.seed, 1, epoch))
-        order = to_device(torch.randperm(n, generator=rng), device)
-        sums = torch.zeros(4, device=device)  # d_loss, g_loss, D(x), D(G(z)) summed over steps
-        for step in range(steps_per_epoch):
-            real = x[order[step * batch : (step + 1) * batch]]
-            # Drawn on the CPU (the same latents on every device), copied without waiting for the device.
-            z = to_device(sample_latent(batch, config.latent_dim, config.prior, rng), device)
-            fake = gen(z)
-            d_real = disc(real)
-            loss_d = gan_losses(config.loss, d_real, disc(fake.detach()))
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-            d_fake = disc(fake)
-            loss_g = generator_loss(config.loss, d_fake)
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
-            with torch.no_grad():
-                sums += torch.stack([loss_d, loss_g, d_real.mean(), d_fake.mean()]).detach()
-            done = epoch * steps_per_epoch + step + 1
-            if (step + 1) % config.log_every == 0 or step + 1 == steps_per_epoch:
-                # One read of the device per report: the running sums and this step's two losses.
-                *running, d_loss, g_loss = torch.cat([sums, loss_d.detach().view(1), loss_g.detach().view(1)]).tolist()
-                if not all(math.isfinite(v) for v in running):
-                    raise FloatingPointError(f"the GAN losses became NaN/inf at epoch {epoch + 1}; lower lr")
-                cb.progress(done, total_steps, d_loss=d_loss, g_loss=g_loss)
-        means = (sums / steps_per_epoch).tolist()
-        history.append(
-            {"epoch": epoch + 1, "d_loss": means[0], "g_loss": means[1], "d_real": means[2], "d_fake": means[3]}
-        )
-        cb.log(f"epoch {epoch + 1}/{config.epochs}: d_loss {means[0]:.4f}, g_loss {means[1]:.4f}")
-        _preview(cb, gen, fixed_z)
-        cb.save_checkpoint(
-            portable(
-                {
-                    "kind": CHECKPOINT_KIND,
-                    "fingerprint": key,
-                    "epoch": epoch + 1,
-                    "generator": gen.state_dict(),
-                    "discriminator": disc.state_dict(),
-                    "opt_g": opt_g.state_dict(),
-                    "opt_d": opt_d.state_dict(),
-                    "history": history,
-                }
-            )
-        )
-        if epoch + 1 < config.epochs and cb.should_stop():
-            raise TrainingStopped("DCGAN training", epoch + 1)
+    loop.run()  # raises Stopped when asked to stop after an epoch's checkpoint
+    history = loop.history
 
     return TrainedGenerator(
         generator=gen.cpu().eval(),

@@ -8,10 +8,11 @@ from typing import Any, Literal
 import torch
 
 from ml.core.defaults import shared_defaults
+from ml.core.errors import InputError
 from ml.invert.losses import BNForm
 
 
-class InversionError(ValueError):
+class InversionError(InputError):
     """The inversion's configuration, model or checkpoint does not fit together."""
 
 
@@ -113,7 +114,6 @@ class InversionResult:
         labels: (N,) target class of each image.
         classes: the target classes, in grid-row order.
         step: the last completed step.
-        stopped: True when `callbacks.should_stop()` ended the run early (a checkpoint was saved).
         metrics: overall and per-class figures (see `invert`).
     """
 
@@ -121,5 +121,4 @@ class InversionResult:
     labels: torch.Tensor
     classes: list[int]
     step: int
-    stopped: bool
     metrics: dict[str, Any] = field(default_factory=dict)

@@ -8,7 +8,7 @@ one batch holding every target class so that
          + tv_weight * total variation + l2_weight * ||x||^2   (both per image, batch-averaged)
 
 with the batch rolled by a random offset (and optionally mirrored) before each forward pass and the
-pixels clamped to the valid range after each step. The loop checkpoints (images, optimiser state,
+pixels clamped to the valid range after each step. The loop (`ml.core.loop`) checkpoints (images, optimiser state,
 RNG states, step) so a killed run resumes to exactly the images an uninterrupted run would make.
 Checkpoints are written in one canonical form (CPU, contiguous) and fitted on load to the device
 and memory layout of the attempt that resumes them (`ml.core.device_state`), so a job may resume on
@@ -18,16 +18,15 @@ Flips: on by default (faces are roughly symmetric, as ML.md asks), but a mirrore
 glyph, so switch them off for MNIST-like models (`flip=False`).
 
 Public API: `invert`, `InversionConfig`, `InversionResult`, `InversionError` (the last three live in
-`ml.invert.config`), `grid_png`; the loss terms are in `ml.invert.losses`.
+`ml.invert.config`); the loss terms are in `ml.invert.losses`.
 """
 
 from __future__ import annotations
 
 import copy
-import io
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -36,7 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml.core.callbacks import Callbacks
-from ml.core.device_state import fit_optimizer_state, fused_adam_supported, portable
+from ml.core.device_state import fused_adam_supported
+from ml.core.images import grid_png
+from ml.core.loop import LoopPolicy, ResumableLoop
+from ml.core.state import CudaRNG, GeneratorState, Stateful, TensorState, TorchRNG
 from ml.invert.config import InversionConfig, InversionError, InversionResult
 from ml.invert.losses import (
     BNStatistics,
@@ -47,7 +49,7 @@ from ml.invert.losses import (
     total_variation,
 )
 
-__all__ = ["InversionConfig", "InversionError", "InversionResult", "grid_png", "invert"]
+__all__ = ["InversionConfig", "InversionError", "InversionResult", "invert"]
 
 
 def _value_range(normalize: Any, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,21 +76,6 @@ def _value_range(normalize: Any, channels: int) -> tuple[torch.Tensor, torch.Ten
     return mean.reshape(1, channels, 1, 1).clone(), std.reshape(1, channels, 1, 1).clone()
 
 
-def grid_png(images: torch.Tensor, nrow: int, upscale: int = 1) -> bytes:
-    """PNG bytes of `images` ((N, C, H, W) in [0, 1]) tiled `nrow` per row."""
-    from PIL import Image
-    from torchvision.utils import make_grid
-
-    imgs = images.detach().float().cpu().clamp(0, 1)
-    if upscale > 1:
-        imgs = F.interpolate(imgs, scale_factor=upscale, mode="nearest")
-    grid = make_grid(imgs, nrow=nrow, padding=2, pad_value=1.0)
-    array = (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-    buf = io.BytesIO()
-    Image.fromarray(array[..., 0] if images.shape[1] == 1 else array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _input_shape(
     model: nn.Module, image_size: int | Sequence[int] | None, in_channels: int | None
 ) -> tuple[int, int, int]:
@@ -99,6 +86,111 @@ def _input_shape(
         raise InversionError("pass image_size and in_channels: the model does not record them")
     h, w = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
     return int(channels), h, w
+
+
+_NAMES = ("loss", "loss_bn", "loss_arcface", "loss_tv", "loss_l2", "target_prob")
+
+
+class _InversionLoop(ResumableLoop):
+    """Inversion as a resumable loop: one unit is an Adam step on the pixels; the state is below.
+
+    Checkpoints are due every `checkpoint_every` steps before the last (0: only when stopping);
+    none is written without callbacks. A checkpoint is refused when its kind, image shape, classes
+    or seed differ: other settings (iterations, weights) may change between attempts.
+    """
+
+    kind = "invert"
+    unit = "step"
+    what = "inversion"
+    mismatch_error = InversionError
+
+    def __init__(
+        self,
+        cb: Callbacks | None,
+        config: InversionConfig,
+        parts: tuple[torch.Tensor, torch.optim.Optimizer, torch.Generator],
+        classes: list[int],
+        labels: torch.Tensor,
+        bounds: tuple[torch.Tensor, torch.Tensor],
+        to_pixels: Callable[[torch.Tensor], torch.Tensor],
+    ) -> None:
+        super().__init__(
+            cb,
+            config.iterations,
+            policy=LoopPolicy(device=parts[0].device),
+            checkpoint_every=config.checkpoint_every,
+            checkpoint_at_end=False,
+        )
+        self.config, self.classes, self.labels, self.bounds, self.to_pixels = config, classes, labels, bounds, to_pixels
+        self.x, self.optimizer, self.generator = parts
+        self.elapsed, self.started = 0.0, time.perf_counter()
+        # The loss function; set by `invert` inside the BN-statistics hooks it reads.
+        self.losses: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+
+    def stateful(self) -> dict[str, Stateful]:
+        device = self.policy.device
+        return {
+            "images": TensorState(self.x),
+            "optimizer": self.optimizer,
+            "generator": GeneratorState(self.generator),
+            "torch_rng": TorchRNG(),
+            "cuda_rng": CudaRNG(device),
+        }
+
+    def extra_state(self) -> dict[str, Any]:
+        return {
+            "elapsed_seconds": self.elapsed + (time.perf_counter() - self.started),
+            "classes": self.classes,
+            "seed": self.config.seed,
+            "config": asdict(self.config),
+        }
+
+    def load_extra(self, state: Mapping[str, Any]) -> None:
+        self.elapsed = float(state["elapsed_seconds"])
+
+    def accept(self, state: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        if state is None:
+            return None
+        if state.get("kind") != "invert" or tuple(state["images"].shape) != tuple(self.x.shape):
+            raise InversionError("the checkpoint belongs to a different inversion (kind or image shape differ)")
+        if state.get("classes") != self.classes or state.get("seed") != self.config.seed:
+            raise InversionError("the checkpoint was made for other classes or another seed")
+        return state
+
+    def resumed_message(self) -> str:
+        return f"invert: resumed from the checkpoint at step {self.done}"
+
+    def run(self) -> None:
+        self.started = time.perf_counter()  # the time of this attempt's steps, after the setup
+        super().run()
+
+    def step(self, index: int) -> None:
+        config, x, cb, (lo, hi) = self.config, self.x, self.callbacks, self.bounds
+        # Reading metrics syncs with the device, so it happens only on report steps.
+        report = cb is not None and ((index + 1) % config.progress_every == 0 or index + 1 == config.iterations)
+        if report:
+            with torch.no_grad():
+                priors = (total_variation(x), l2_prior(x))
+        if config.lr_schedule == "cosine":
+            lr = config.lr * 0.5 * (1 + math.cos(math.pi * index / config.iterations))
+            self.optimizer.param_groups[0]["lr"] = lr
+        xj = jitter_and_flip(x, self.generator, config.jitter, config.flip)
+        total, loss_bn, loss_arc, cosine = self.losses(xj)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            x.clamp_(min=lo, max=hi)
+        step = index + 1
+        if cb is None:
+            return
+        if report:
+            prob = target_probability(cosine.detach(), self.labels, config.scale).mean()
+            terms = (total.detach(), loss_bn.detach(), loss_arc.detach(), *priors, prob)
+            values = torch.stack([t.float() for t in terms]).tolist()
+            cb.progress(step, config.iterations, **dict(zip(_NAMES, values, strict=True)))
+        if config.preview_every and step % config.preview_every == 0:
+            cb.preview("grid", grid_png(self.to_pixels(x), config.images_per_class))
 
 
 def invert(
@@ -166,57 +258,11 @@ def invert(
         betas=(float(config.adam_betas[0]), float(config.adam_betas[1])),
         fused=fused_adam_supported(device),
     )
-    step, elapsed = 0, 0.0
-
-    cb = callbacks
-    state = cb.load_checkpoint() if cb is not None else None
-    if state is not None:
-        if state.get("kind") != "invert" or tuple(state["images"].shape) != tuple(x.shape):
-            raise InversionError("the checkpoint belongs to a different inversion (kind or image shape differ)")
-        if state.get("classes") != classes or state.get("seed") != config.seed:
-            raise InversionError("the checkpoint was made for other classes or another seed")
-        # The checkpoint may come from another device or memory layout (a requeued job lands on any
-        # worker): copy_ matches pixels by index, and the moments get the images' layout and device.
-        with torch.no_grad():
-            x.copy_(state["images"].to(device))
-        optimizer.load_state_dict(state["optimizer"])
-        fit_optimizer_state(optimizer)
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        step, elapsed = int(state["step"]), float(state["elapsed_seconds"])
-        if cb is not None:
-            cb.log(f"invert: resumed from the checkpoint at step {step}")
-
-    checkpoint_timing = {"checkpoints": 0, "checkpoint_seconds": 0.0}
-
-    def checkpoint() -> None:
-        if cb is None:
-            return
-        t0 = time.perf_counter()
-        cb.save_checkpoint(
-            {
-                "kind": "invert",
-                "step": step,
-                # Canonical form (CPU, contiguous), whatever device and layout this attempt used.
-                "images": portable(x),
-                "optimizer": portable(optimizer.state_dict()),
-                "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "elapsed_seconds": elapsed + (time.perf_counter() - started),
-                "classes": classes,
-                "seed": config.seed,
-                "config": asdict(config),
-            }
-        )
-        checkpoint_timing["checkpoints"] += 1
-        checkpoint_timing["checkpoint_seconds"] += time.perf_counter() - t0
 
     def to_pixels(t: torch.Tensor) -> torch.Tensor:
         return (t.detach().float().cpu() * std + mean).clamp(0, 1)
 
+    loop = _InversionLoop(callbacks, config, (x, optimizer, generator), classes, labels, (lo, hi), to_pixels)
     with BNStatistics(model, config.first_bn_weight) as stats:
 
         def losses(xj: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -232,55 +278,24 @@ def invert(
                 total = total + config.l2_weight * l2_prior(x)
             return total, loss_bn, loss_arc, cosine
 
-        step_losses = torch.compile(losses, mode=config.compile_mode, dynamic=False) if config.compile else losses
-        names = ("loss", "loss_bn", "loss_arcface", "loss_tv", "loss_l2", "target_prob")
-        started = time.perf_counter()
-        last_saved = step if state is not None else -1
-        stopped = False
-        while step < config.iterations:
-            # Reading metrics syncs with the device, so it happens only on report steps.
-            report = cb is not None and ((step + 1) % config.progress_every == 0 or step + 1 == config.iterations)
-            if report:
-                with torch.no_grad():
-                    priors = (total_variation(x), l2_prior(x))
-            if config.lr_schedule == "cosine":
-                optimizer.param_groups[0]["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / config.iterations))
-            xj = jitter_and_flip(x, generator, config.jitter, config.flip)
-            total, loss_bn, loss_arc, cosine = step_losses(xj)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            with torch.no_grad():
-                x.clamp_(min=lo, max=hi)
-            step += 1
-
-            if cb is None:
-                continue
-            if report:
-                prob = target_probability(cosine.detach(), labels, config.scale).mean()
-                terms = (total.detach(), loss_bn.detach(), loss_arc.detach(), *priors, prob)
-                values = torch.stack([t.float() for t in terms]).tolist()
-                cb.progress(step, config.iterations, **dict(zip(names, values, strict=True)))
-            if config.preview_every and step % config.preview_every == 0:
-                cb.preview("grid", grid_png(to_pixels(x), config.images_per_class))
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.iterations:
-                checkpoint()
-                last_saved = step
-            if step < config.iterations and cb.should_stop():
-                if last_saved != step:
-                    checkpoint()
-                stopped = True
-                break
-        elapsed += time.perf_counter() - started
-
+        loop.losses = torch.compile(losses, mode=config.compile_mode, dynamic=False) if config.compile else losses
+        loop.run()  # raises Stopped when asked to stop (that step's checkpoint is saved first)
+        step = loop.done
+        elapsed = loop.elapsed + (time.perf_counter() - loop.started)
         metrics = _final_metrics(model, stats, x.detach(), labels, classes, config, weight_n)
-    metrics.update(iterations=step, seconds=elapsed, config=asdict(config), **checkpoint_timing)
+    metrics.update(
+        iterations=step,
+        seconds=elapsed,
+        config=asdict(config),
+        checkpoints=loop.checkpoints,
+        checkpoint_seconds=loop.checkpoint_seconds,
+    )
     for per in metrics["per_class"].values():
         per.update(iterations=step, seconds=elapsed)
     images = to_pixels(x).contiguous()
-    if cb is not None and not stopped:
-        cb.preview("grid", grid_png(images, config.images_per_class))
-    return InversionResult(images, labels.cpu(), classes, step, stopped, metrics)
+    if callbacks is not None:
+        callbacks.preview("grid", grid_png(images, config.images_per_class))
+    return InversionResult(images, labels.cpu(), classes, step, metrics)
 
 
 @torch.no_grad()

@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ml.core.errors import InputError
 
-class VerificationError(ValueError):
+
+class VerificationError(InputError):
     """The evaluation data cannot give the asked metrics (e.g. a single identity)."""
 
 

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from ml.arcface.model import TrainedModelError, load_trained
-from ml.arcface.train import _rng_state, _set_rng_state
 from ml.core.callbacks import LocalCallbacks
 from ml.core.safe_load import UnsafeFileError, load_data_file
+from ml.core.seeding import rng_state, set_rng_state
 from ml.faces.models import ModelLoadError
 from ml.faces.models import load_facenet as load_embed_facenet
 from ml.gan.encoder import EncoderFileError, LatentEncoder, load_encoder, save_encoder
@@ -168,7 +168,7 @@ def test_files_written_before_this_change_still_load(tmp_path: Path) -> None:
 
     np.random.seed(7)
     random.seed(7)
-    old_rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    old_rng = {"torch": torch.getrng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     expected = (np.random.random(3).tolist(), random.random())
     (tmp_path / "ck").mkdir()
     (tmp_path / "ck" / "checkpoint.pt").write_bytes(saved({"kind": "train_embedding", "epoch": 1, "rng": old_rng}))
@@ -178,16 +178,16 @@ def test_files_written_before_this_change_still_load(tmp_path: Path) -> None:
     assert state is not None and state["epoch"] == 1
     np.random.seed(0)
     random.seed(0)
-    _set_rng_state(state["rng"])
+    set_rng_state(state["rng"])
     assert (np.random.random(3).tolist(), random.random()) == expected
 
     # The new format: numpy's state as a tensor and numbers, plain weights_only data.
     np.random.seed(11)
-    new_rng = _rng_state()
+    new_rng = rng_state()
     expected = (np.random.random(3).tolist(), random.random())
     callbacks = LocalCallbacks(tmp_path / "new")
     callbacks.save_checkpoint({"rng": new_rng})
     reread = torch.load(tmp_path / "new" / "checkpoint.pt", weights_only=True)
     assert (reread["rng"]["numpy"]["bit_generator"], reread["rng"]["numpy"]["keys"].shape) == ("MT19937", (624,))
-    _set_rng_state(LocalCallbacks(tmp_path / "new").load_checkpoint()["rng"])  # type: ignore[index]
+    set_rng_state(LocalCallbacks(tmp_path / "new").load_checkpoint()["rng"])  # type: ignore[index]
     assert (np.random.random(3).tolist(), random.random()) == expected

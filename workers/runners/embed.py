@@ -42,8 +42,9 @@ def _detector_settings(p: EmbedParams | VerifyParams, faces: str) -> Any:
 
 def run_embed(ctx: JobContext) -> dict[str, Any]:
     """Embed every face of the dataset: embeddings.npy, index.csv, failures.csv, config.json."""
+    from ml.core.errors import Stopped
     from ml.faces.decode import DecodeLimits, list_files
-    from ml.faces.embed import EmbedSettings, EmbedSettingsError, EmbedStopped, embed_dataset
+    from ml.faces.embed import EmbedSettings, EmbedSettingsError, embed_dataset
 
     p = params_as(ctx, EmbedParams)
     limits = ml_config(DecodeLimits, p, LIMITS_NAMES)
@@ -65,7 +66,7 @@ def run_embed(ctx: JobContext) -> dict[str, Any]:
     ctx.log(f"{p.dataset}: {len(files)} files; model {model.model_id} ({model.embedding_size}-d) on {ctx.device}")
     try:
         result = embed_dataset(files, model, settings, callbacks=ctx, device=ctx.device)
-    except EmbedStopped as exc:
+    except Stopped as exc:
         raise Preempted(str(exc)) from exc
     except EmbedSettingsError as exc:
         raise JobInputError(str(exc)) from exc

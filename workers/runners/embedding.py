@@ -62,7 +62,8 @@ def run_train_embedding(ctx: JobContext) -> dict[str, Any]:
     """Train, evaluate on the held-out split, and store backbone.pt, arcface.pt, config.json,
     metrics.json, roc.png, distances.png, loss.png and pca.png."""
     from ml.arcface.model import save_trained
-    from ml.arcface.train import TrainConfig, TrainConfigError, TrainingStopped, train_embedding, validate_config
+    from ml.arcface.train import TrainConfig, TrainConfigError, train_embedding, validate_config
+    from ml.core.errors import Stopped
     from ml.data import DatasetError, check_trainable
     from ml.metrics.plots import evaluation_plots
 
@@ -93,7 +94,7 @@ def run_train_embedding(ctx: JobContext) -> dict[str, Any]:
     ctx.log(f"{p.dataset}: {len(dataset)} images of {dataset.num_classes} identities, {dataset.image_size}")
     try:
         result = train_embedding(dataset, config, callbacks=ctx, device=ctx.device)
-    except TrainingStopped as exc:
+    except Stopped as exc:
         raise Preempted(str(exc)) from exc
     except (TrainConfigError, DatasetError) as exc:
         raise JobInputError(str(exc)) from exc

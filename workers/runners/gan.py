@@ -64,8 +64,9 @@ def _put_json(ctx: JobContext, name: str, data: Any) -> None:
 
 def run_train_generator(ctx: JobContext) -> dict[str, Any]:
     """Train a DCGAN; artifacts: generator.pt, generator.json (the contract), samples.png, config.json."""
+    from ml.core.errors import Stopped
     from ml.data import DatasetError
-    from ml.gan.common import GANConfigError, TrainingStopped
+    from ml.gan.common import GANConfigError
     from ml.gan.data import load_gan_images
     from ml.gan.train_gan import DCGANConfig, export_dcgan, train_dcgan
 
@@ -83,7 +84,7 @@ def run_train_generator(ctx: JobContext) -> dict[str, Any]:
         trained = train_dcgan(images, config, ctx, ctx.device, source=p.dataset)
     except GANConfigError as exc:
         raise JobInputError(f"train_generator: {exc}") from exc
-    except TrainingStopped as exc:
+    except Stopped as exc:
         raise Preempted(str(exc)) from exc
     paths = export_dcgan(trained, ctx.workdir / "generator")
     ctx.put_artifact("generator.pt", paths["generator.pt"], "application/octet-stream")
@@ -108,7 +109,8 @@ def run_train_generator(ctx: JobContext) -> dict[str, Any]:
 def _samples_png(generator: Any, config: Any) -> bytes:
     import torch
 
-    from ml.gan.common import grid_png, to_unit
+    from ml.core.images import grid_png
+    from ml.gan.common import to_unit
     from ml.gan.generator import sample_latent
 
     z = sample_latent(64, config.latent_dim, config.prior, torch.Generator().manual_seed(config.seed))
@@ -119,8 +121,9 @@ def _samples_png(generator: Any, config: Any) -> bytes:
 
 def run_train_encoder(ctx: JobContext) -> dict[str, Any]:
     """Train a latent encoder for a generator; artifacts: encoder.pt, config.json, reconstructions.png."""
+    from ml.core.errors import Stopped
     from ml.data import DatasetError
-    from ml.gan.common import GANConfigError, TrainingStopped, fit_images, to_signed
+    from ml.gan.common import GANConfigError, fit_images, to_signed
     from ml.gan.data import load_gan_images
     from ml.gan.encoder import save_encoder
     from ml.gan.perceptual import PerceptualLoss, load_face_network
@@ -151,7 +154,7 @@ def run_train_encoder(ctx: JobContext) -> dict[str, Any]:
         )
     except GANConfigError as exc:
         raise JobInputError(f"train_encoder: {exc}") from exc
-    except TrainingStopped as exc:
+    except Stopped as exc:
         raise Preempted(str(exc)) from exc
     cfg = dict(trained.config, perceptual_model=p.perceptual_model, real_dataset=p.real_dataset)
     paths = save_encoder(trained.encoder, ctx.workdir / "encoder", info.image_size, cfg)
@@ -165,8 +168,9 @@ def run_recover_latent(ctx: JobContext) -> dict[str, Any]:
     import numpy as np
     import torch
 
+    from ml.core.errors import Stopped
     from ml.data import DatasetError
-    from ml.gan.common import GANConfigError, TrainingStopped, fit_images, to_signed
+    from ml.gan.common import GANConfigError, fit_images, to_signed
     from ml.gan.compare import evaluate, method_specs, reconstructions_png, run_method
     from ml.gan.data import load_gan_images
     from ml.gan.encoder import load_encoder
@@ -230,7 +234,7 @@ def run_recover_latent(ctx: JobContext) -> dict[str, Any]:
                     device=ctx.device,
                     callbacks=ctx,
                 )
-            except TrainingStopped as exc:
+            except Stopped as exc:
                 raise Preempted(f"{spec.name}: {exc}") from exc
             done[spec.name] = dict(vars(recovery))  # tensors and numbers only: a plain checkpoint
             ctx.save_checkpoint({"kind": "recover_latent", "done": done})

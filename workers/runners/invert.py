@@ -30,7 +30,9 @@ def run_invert(ctx: JobContext) -> dict[str, Any]:
 
     from ml.arcface.model import TrainedModelError
     from ml.arcface.train import load_trained
-    from ml.invert.inversion import InversionConfig, InversionError, grid_png, invert
+    from ml.core.errors import Stopped
+    from ml.core.images import grid_png
+    from ml.invert.inversion import InversionConfig, InversionError, invert
 
     p = params_as(ctx, InvertParams)
     try:
@@ -62,8 +64,8 @@ def run_invert(ctx: JobContext) -> dict[str, Any]:
         )
     except InversionError as exc:
         raise JobInputError(f"invert: {exc}") from exc
-    if result.stopped:
-        raise Preempted(f"inversion stopped at step {result.step} (checkpoint saved)")
+    except Stopped as exc:
+        raise Preempted(f"inversion stopped at step {exc.step} (checkpoint saved)") from exc
 
     ipc = config.images_per_class
     for i, (image, label) in enumerate(zip(result.images, result.labels.tolist(), strict=True)):

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 import torch
 
-from ml.arcface.train import TrainConfig, TrainingStopped, train_embedding
+from ml.arcface.train import TrainConfig, train_embedding
 from ml.core.callbacks import LocalCallbacks
 from ml.core.determinism import CUBLAS_WORKSPACE, deterministic
+from ml.core.errors import Stopped
 from ml.data import load_digits
 from tests.support import need_gpu
 from tests.support.gpu import full_fp32
@@ -62,7 +63,7 @@ def test_resume_across_cpu_and_cuda_ends_near_the_uninterrupted_run(first: str, 
     with full_fp32():
         reference = _train("cpu")
         killed = LocalCallbacks(stop_after_checkpoints=1)
-        with pytest.raises(TrainingStopped, match="after epoch 1"):
+        with pytest.raises(Stopped, match="after epoch 1"):
             _train(devices[first], killed)
         resumed_cb = killed.resume()
         resumed = _train(devices[then], resumed_cb)
@@ -77,7 +78,7 @@ def test_cuda_resume_is_bitwise_in_deterministic_mode(cuda: torch.device) -> Non
     with deterministic():
         straight = _train(cuda)
         killed = LocalCallbacks(stop_after_checkpoints=1)
-        with pytest.raises(TrainingStopped):
+        with pytest.raises(Stopped):
             _train(cuda, killed)
         resumed = _train(cuda, killed.resume())
     assert resumed.history == straight.history

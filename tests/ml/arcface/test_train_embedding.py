@@ -15,13 +15,13 @@ from ml.arcface.train import (
     TrainConfig,
     TrainConfigError,
     TrainedEmbedding,
-    TrainingStopped,
     load_trained,
     save_trained,
     train_embedding,
 )
 from ml.backbones import list_backbones
 from ml.core.callbacks import LocalCallbacks
+from ml.core.errors import Stopped
 from ml.data import ImageDataset, MixedChannelsError, SingleIdentityError, load_digits, load_image_folder
 from ml.metrics.plots import evaluation_plots
 from ml.metrics.verification import embed_images
@@ -139,9 +139,9 @@ def test_resumed_run_ends_with_the_metrics_of_an_uninterrupted_one() -> None:
     digits = load_digits(16)
     full = train_embedding(digits, DIGITS_CONFIG, LocalCallbacks())
     killed = LocalCallbacks(stop_after_checkpoints=2)
-    with pytest.raises(TrainingStopped, match="after epoch 2") as info:
+    with pytest.raises(Stopped, match="after epoch 2") as info:
         train_embedding(digits, DIGITS_CONFIG, killed)
-    assert info.value.epoch == 2 and killed.checkpoints_saved == 2
+    assert info.value.step == 2 and killed.checkpoints_saved == 2
     resumed_cb = killed.resume()
     resumed = train_embedding(digits, DIGITS_CONFIG, resumed_cb)
     assert "resumed from the checkpoint of epoch 2" in resumed_cb.messages
@@ -157,7 +157,7 @@ def test_checkpoint_of_another_config_is_refused() -> None:
     digits = load_digits(16)
     cb = LocalCallbacks(stop_after_checkpoints=1)
     cfg = TrainConfig(**{**DIGITS_CONFIG.to_json(), "epochs": 2, "image_size": 16})
-    with pytest.raises(TrainingStopped):
+    with pytest.raises(Stopped):
         train_embedding(digits, cfg, cb)
     other = TrainConfig(**{**cfg.to_json(), "lr": 0.05})
     with pytest.raises(TrainConfigError, match="different config"):

@@ -16,9 +16,10 @@ from PIL import Image
 
 from ml.arcface.train import TrainedEmbedding
 from ml.core.callbacks import LocalCallbacks
+from ml.core.errors import Stopped
 from ml.faces.decode import DecodeLimits, list_files
 from ml.faces.detect import FaceDetector
-from ml.faces.embed import INDEX_COLUMNS, EmbedResult, EmbedSettings, EmbedStopped, embed_dataset, embed_image
+from ml.faces.embed import INDEX_COLUMNS, EmbedResult, EmbedSettings, embed_dataset, embed_image
 from ml.faces.models import load_trained_model
 from ml.metrics.verification import auc, roc_curve
 from tests.support.faces import ORL_DETECTOR, detect_orl, tiny_model, train_orl_model
@@ -143,9 +144,9 @@ def test_a_killed_run_resumes_to_the_outputs_of_an_uninterrupted_one(orl_dir: Pa
     full = embed_dataset(files, full_model, settings, LocalCallbacks())
 
     killed_model, killed_cb = tiny_model(), LocalCallbacks(tmp_path / "ckpt", stop_after_checkpoints=2)
-    with pytest.raises(EmbedStopped, match="after chunk 2 of 6") as info:
+    with pytest.raises(Stopped, match="after chunk 2 of 6") as info:
         embed_dataset(files, killed_model, settings, killed_cb)
-    assert info.value.chunks_done == 2
+    assert info.value.step == 2
     resumed_model, resumed_cb = tiny_model(), killed_cb.resume()
     resumed = embed_dataset(files, resumed_model, settings, resumed_cb)
 
@@ -167,7 +168,7 @@ def test_a_checkpoint_of_other_settings_is_refused(orl_dir: Path, tmp_path: Path
     files = list_files(orl_dir)[:6]
     cb = LocalCallbacks(stop_after_checkpoints=1)
     settings = EmbedSettings(detector=ORL_DETECTOR, chunk_size=3, flip_tta=False)
-    with pytest.raises(EmbedStopped):
+    with pytest.raises(Stopped):
         embed_dataset(files, tiny_model(), settings, cb)
     other = EmbedSettings(detector=ORL_DETECTOR, chunk_size=3, flip_tta=True)
     with pytest.raises(ValueError, match="other settings, model or files"):

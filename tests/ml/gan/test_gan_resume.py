@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from ml.core.callbacks import LocalCallbacks
+from ml.core.errors import Stopped
 from ml.data import load_mnist
-from ml.gan.common import GANConfigError, TrainingStopped
+from ml.gan.common import GANConfigError
 from ml.gan.dcgan import DCGANGenerator
 from ml.gan.generator import quiet_jit
 from ml.gan.train_encoder import EncoderConfig, train_encoder
@@ -38,7 +39,7 @@ def test_dcgan_resume_matches_an_uninterrupted_run(mnist_dir: Path) -> None:
     straight = train_dcgan(images, config, LocalCallbacks())
 
     killed = LocalCallbacks(stop_after_checkpoints=2)
-    with pytest.raises(TrainingStopped) as stop:
+    with pytest.raises(Stopped) as stop:
         train_dcgan(images, config, killed)
     assert stop.value.step == 2 and killed.checkpoints_saved == 2
     again = killed.resume()
@@ -65,7 +66,7 @@ def test_encoder_resume_matches_an_uninterrupted_run() -> None:
     straight = train_encoder(gen, 8, "normal", config, LocalCallbacks())
 
     killed = LocalCallbacks(stop_after_checkpoints=2)
-    with pytest.raises(TrainingStopped) as stop:
+    with pytest.raises(Stopped) as stop:
         train_encoder(gen, 8, "normal", config, killed)
     # Checkpoints at steps 2 and 4; the stop is seen at step 5, which is checkpointed before stopping.
     assert stop.value.step == 5 and killed.checkpoints_saved == 3

@@ -135,7 +135,7 @@ def test_train_encoder_saves_a_loadable_encoder(generator_job: LocalJobContext, 
     assert encoder_job.result["steps"] == 6
     # The reported held-out cosine, recomputed the slow obvious way from the saved files: the encoder's
     # latents of the generator's images of the seeded held-out latents (see ml.gan.train_encoder).
-    from ml.gan.common import derived_seed
+    from ml.core.seeding import derived_seed
     from ml.gan.generator import sample_latent
     from ml.gan.metrics import cosine
 

@@ -22,8 +22,10 @@ from torch import nn
 from jobs.params.invert import InvertParams
 from ml.arcface.train import save_trained
 from ml.core.callbacks import LocalCallbacks
+from ml.core.errors import Stopped
+from ml.core.images import grid_png
 from ml.data import ImageDataset
-from ml.invert.inversion import InversionConfig, InversionError, grid_png, invert
+from ml.invert.inversion import InversionConfig, InversionError, invert
 from tests.support.threads import one_torch_thread
 from workers.runners import Preempted
 from workers.runners.invert import run_invert
@@ -140,16 +142,20 @@ def test_a_killed_and_resumed_inversion_ends_with_the_uninterrupted_images(mnist
     reference = _invert(mnist_arcface, LocalCallbacks(), **settings)
 
     killed = LocalCallbacks(tmp_path / "ckpt", stop_after_checkpoints=2)
-    first = _invert(mnist_arcface, killed, **settings)
-    assert (first.stopped, first.step, killed.checkpoints_saved) == (True, 8, 2)
+    with pytest.raises(Stopped) as first:
+        _invert(mnist_arcface, killed, **settings)
+    assert (first.value.step, killed.checkpoints_saved) == (8, 2)
+    # The images the stopped run had reached: its checkpoint's, in [0, 1].
+    early_state = torch.load(tmp_path / "ckpt" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    early = mnist_arcface.normalize.undo(early_state["images"]).clamp(0, 1)
     resumed_cb = killed.resume()
     resumed = _invert(mnist_arcface, resumed_cb, **settings)
 
-    assert (resumed.stopped, resumed.step) == (False, 12)
+    assert resumed.step == 12
     assert resumed_cb.messages == ["invert: resumed from the checkpoint at step 8"]
     assert [s for s, _, _ in resumed_cb.steps] == [12]  # progress_every 20: only the last step reports
     assert torch.allclose(resumed.images, reference.images, rtol=0, atol=1e-5)
-    assert not torch.allclose(first.images, reference.images, atol=1e-3)  # the kill really came early
+    assert not torch.allclose(early, reference.images, atol=1e-3)  # the kill really came early
 
 
 def test_progress_previews_and_metrics(mnist_arcface: Any) -> None:
@@ -286,7 +292,9 @@ def test_resume_in_the_other_memory_layout_ends_with_the_uninterrupted_images(
     model = _rgb_model()
     reference = _layout_run(model, LocalCallbacks(), channels_last=first)
     killed = LocalCallbacks(tmp_path / "ckpt", stop_after_checkpoints=2)
-    assert _layout_run(model, killed, channels_last=first).step == 8
+    with pytest.raises(Stopped) as stop:
+        _layout_run(model, killed, channels_last=first)
+    assert stop.value.step == 8
 
     # The checkpoint is canonical (CPU, contiguous) and reads back with weights_only=True.
     state = torch.load(tmp_path / "ckpt" / "checkpoint.pt", map_location="cpu", weights_only=True)
@@ -295,7 +303,7 @@ def test_resume_in_the_other_memory_layout_ends_with_the_uninterrupted_images(
         assert (t.device.type, t.is_contiguous(), tuple(t.shape)) == ("cpu", True, (4, 3, 16, 16))
 
     resumed = _layout_run(model, killed.resume(), channels_last=then)
-    assert (resumed.step, resumed.stopped) == (12, False)
+    assert resumed.step == 12
     # The two layouts' convolutions round differently (the uninterrupted runs differ by about 1e-5),
     # so the bar is 1e-4: four orders of magnitude under the mismatched-layout error.
     assert torch.allclose(resumed.images, reference.images, rtol=0, atol=1e-4)
