@@ -15,8 +15,8 @@ from onnx import TensorProto, helper
 from ml.arcface.model import Normalization
 from ml.export import OnnxModelError, check_onnx_bytes, export_backbone, export_trained, load_onnx_model
 from ml.faces.models import FaceModel, load_trained_model
-from tests.ml.index.orl import orl_gallery_model, orl_split
-from tests.ml.threads import one_torch_thread
+from tests.support.orl_gallery import orl_gallery_model, orl_split
+from tests.support.threads import one_torch_thread
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import pytest
 
 from ml.index import UNKNOWN, FaceIndex, build_index, search_faces, similarity_threshold
 from ml.metrics.identification import identification_report, threshold_at_fpir
-from tests.ml.index.orl import OrlSplit, orl_embeddings, orl_gallery_model, orl_split
+from tests.support.orl_gallery import OrlSplit, orl_embeddings, orl_gallery_model, orl_split
 
 pytestmark = pytest.mark.slow
 

@@ -24,7 +24,7 @@ from ml.arcface.train import TrainConfig, train_embedding
 from ml.core.callbacks import LocalCallbacks
 from ml.data import ImageDataset
 from ml.data.folders import load_image_folder
-from tests.ml.threads import one_torch_thread
+from tests.support.threads import one_torch_thread
 
 GALLERY_PEOPLE = 20
 GALLERY_IMAGES = 5  # images 1-5 of each gallery person; 6-10 are the mated probes
