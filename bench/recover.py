@@ -245,7 +245,7 @@ def main() -> None:
             "setup": setup,
             "results": rows,
             "speed_ratios": ratios,
-            "encoder_speedup": ratios["encoder_vs_gradient"],  # the figure bench/README.md names
+            "encoder_speedup": ratios["encoder_vs_gradient"],  # the figure bench/notes/recover.md names
             "published": PUBLISHED,
             "published_note": PUBLISHED_NOTE,
         }

@@ -6,7 +6,7 @@ Rows are faces; row i has a source image key (`keys[i]`, e.g. "s3/7.pgm#0") and 
 `IndexHNSWFlat`, inner-product metric).
 
 Why HNSW and not IVF (measured on this 2-core machine, 100k x 512-d embeddings of intrinsic
-dimension 32 plus isotropic noise, single-query latency; see bench/README.md "search"):
+dimension 32 plus isotropic noise, single-query latency; see bench/notes/search.md):
 
 - IVF-Flat (4*sqrt(N) lists, k-means on 40 points a list) reached recall@10 0.60 at nprobe 32 and
   0.88 at nprobe 128 (5.6 ms): its cells cut neighbourhoods of data whose intrinsic dimension is

@@ -31,7 +31,7 @@ class InversionConfig:
         lr: Adam learning rate on the pixels (normalised space).
         lr_schedule: "constant", or "cosine" (decays to 0 at the last step).
         adam_betas: Adam's (beta1, beta2); DeepInversion's (0.5, 0.9) (measured better than
-            torch's (0.9, 0.999) on MNIST, bench/README.md).
+            torch's (0.9, 0.999) on MNIST, bench/notes/invert.md).
         lambda_bn: weight of the BN-statistics loss (0.05 in the ArcFace paper's inversion).
         bn_form: "squared" (ArcFace paper) or "l2" (DeepInversion's plain norms).
         first_bn_weight: weight of the first (stem) BN layer's term, DeepInversion's

@@ -28,7 +28,7 @@ class _ChannelVarMean(torch.autograd.Function):
 
     The forward is one fused `torch.var_mean`; the backward writes d/dx = a_c * x + b_c in a single
     `addcmul` (a_c = 2 g_var / n, b_c = g_mean / n - a_c * mean_c), where autograd's own formula for
-    var_mean makes several full-size passes. Measured in bench/README.md.
+    var_mean makes several full-size passes. Measured in bench/notes/invert.md.
     """
 
     @staticmethod

@@ -30,7 +30,7 @@ from tests.support.threads import one_torch_thread
 from workers.runners import Preempted
 from workers.runners.invert import run_invert
 
-# Tuned on MNIST with bench/invert_quality.py and on this fixture (see bench/README.md): with the
+# Tuned on MNIST with bench/invert_quality.py and on this fixture (see bench/notes/invert.md): with the
 # paper's squared BN loss at lambda_bn = 0.05 the BN term dominates early and the ArcFace term needs
 # thousands of steps; DeepInversion's plain-norm form at 0.01 (and its Adam betas, the default) lets
 # the class emerge within ~100 steps while still shaping the statistics. Flips are off: a mirrored
