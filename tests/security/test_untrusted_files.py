@@ -168,7 +168,7 @@ def test_files_written_before_this_change_still_load(tmp_path: Path) -> None:
 
     np.random.seed(7)
     random.seed(7)
-    old_rng = {"torch": torch.getrng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    old_rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     expected = (np.random.random(3).tolist(), random.random())
     (tmp_path / "ck").mkdir()
     (tmp_path / "ck" / "checkpoint.pt").write_bytes(saved({"kind": "train_embedding", "epoch": 1, "rng": old_rng}))
