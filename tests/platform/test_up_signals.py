@@ -64,7 +64,13 @@ def alive(pid: int) -> bool:
 
 
 def port_free(port: int) -> bool:
+    """True when nothing listens on `port`: a server could bind it now.
+
+    SO_REUSEADDR, as uvicorn sets it: without it the bind also fails while the closed connections of
+    the test's own health checks sit in TIME_WAIT, which held every signal test for a minute.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
