@@ -74,6 +74,10 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     queue: Mapped[str] = mapped_column(String(32))
     owner_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    # A sweep's (or any parent's) children point at it; deleting the parent deletes them.
+    parent_id: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), default=None, index=True
+    )
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     preemptions: Mapped[int] = mapped_column(Integer, default=0)
     attempt_base: Mapped[int] = mapped_column(Integer, default=0)
