@@ -6,6 +6,7 @@ loop (FAST_LEASES: every second).
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime
 from typing import Any
 
@@ -106,7 +107,7 @@ def test_a_three_step_pipeline_runs_in_order(services_stack: Stack) -> None:
     assert done["result"] == {"steps": 3, "succeeded": 3}
     rows = [job(stack, i) for i in ids]
     assert [r["status"] for r in rows] == ["succeeded"] * 3
-    for before, after in zip(rows, rows[1:], strict=False):
+    for before, after in itertools.pairwise(rows):
         assert ts(after["started_at"]) >= ts(before["finished_at"]), (before, after)
     assert rows[1]["result"]["num_identities"] == 10 and rows[1]["result"]["auc"] > 0.5
     pipeline = stack.client.get(f"/pipelines/{body['id']}").json()
