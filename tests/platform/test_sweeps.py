@@ -18,7 +18,7 @@ from jobs.pipelines import resolve
 from jobs.states import JobStatus, utcnow
 from tests.support.factories import job_row, make_key
 from tests.support.jobs import FAST_LEASES, wait_job_until
-from tests.support.kills import kill_each_once
+from tests.support.kills import kill
 from tests.support.services import Stack
 
 TRAIN: dict[str, Any] = {
@@ -141,14 +141,19 @@ def test_a_sweep_of_train_embedding_runs_to_the_end_ranked_and_grouped(services_
         (0.2, 3),
     ]
     stack.start_worker(extra_env=FAST_LEASES)
-    # The second child is killed (its pool process) after its first epoch's checkpoint; it resumes.
-    _, resumed_at = kill_each_once(stack, [ids[1]], {ids[1]: (1, 0.0, False)}, also_wait=tuple(ids),
-                                   deadline_seconds=360)  # fmt: skip
-    assert resumed_at[ids[1]] == 1
+    # The second child's pool process is killed after the child's first epoch checkpoint; the reaper
+    # requeues it when its lease runs out and a new attempt resumes from that checkpoint.
+    running = wait_job_until(stack, ids[1], lambda j: j["status"] == "running" and (j["checkpoint_step"] or 0) >= 1,
+                             timeout=300)  # fmt: skip
+    kill(stack, running["lease_owner"], whole_worker=False)
+    for i in ids:
+        stack.wait_job(i, timeout=300)
     parent = wait_job_until(stack, sweep["id"], lambda j: j["status"] == "succeeded", timeout=30)
     children = {i: stack.client.get(f"/jobs/{i}").json() for i in ids}
     assert [children[i]["status"] for i in ids] == ["succeeded"] * 6
     assert children[ids[1]]["attempt"] == 2 and children[ids[1]]["result"]["epochs"] == 2
+    logs = [e["message"] for e in stack.client.get(f"/jobs/{ids[1]}/events", params={"type": "log"}).json()["data"]]
+    assert "resumed from the checkpoint of epoch 1" in logs, logs
     acc = {i: children[i]["result"]["accuracy"] for i in ids}
     ranking = sorted(ids, key=lambda i: (-acc[i], children[i]["created_at"], i))
     view = stack.client.get(f"/sweeps/{sweep['id']}").json()

@@ -39,7 +39,7 @@
     const pos = layout(steps);
     const width = Math.max(...[...pos.values()].map((p) => p.x)) + W + 10;
     const height = Math.max(...[...pos.values()].map((p) => p.y)) + H + 10;
-    const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "pipeline graph" });
+    const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img", "aria-label": "pipeline graph" });
     root.append(svg("defs", {}, svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5,
       markerWidth: 7, markerHeight: 7, orient: "auto" }, svg("path", { d: "M0,0 L10,5 L0,10 z", fill: "#8a94a3" }))));
     for (const s of steps) {
@@ -47,7 +47,7 @@
         const a = pos.get(u), b = pos.get(s.id);
         if (!a) continue;
         const x1 = a.x + W, y1 = a.y + H / 2, x2 = b.x - 2, y2 = b.y + H / 2, mx = (x1 + x2) / 2;
-        root.append(svg("path", { d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`, "marker-end": "url(#arrow)",
+        root.append(svg("path", { class: "edge", d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`, "marker-end": "url(#arrow)",
           "data-from": u, "data-to": s.id }));
       }
     }
