@@ -110,6 +110,7 @@ def test_a_three_step_pipeline_runs_in_order(services_stack: Stack) -> None:
     for before, after in itertools.pairwise(rows):
         assert ts(after["started_at"]) >= ts(before["finished_at"]), (before, after)
     assert rows[1]["result"]["num_identities"] == 10 and rows[1]["result"]["auc"] > 0.5
+    assert stack.other.get(f"/pipelines/{body['id']}").status_code == 404  # another key's pipeline is unknown
     pipeline = stack.client.get(f"/pipelines/{body['id']}").json()
     assert [s["name"] for s in pipeline["steps"]] == ["train", "eval", "probe"]
     assert pipeline["status"] == "succeeded"

@@ -67,6 +67,8 @@ def test_grid_random_and_seeds_make_the_children_and_max_jobs_caps_them(stack: S
     assert all(16 <= s <= 64 for s in sizes)
     statuses = [(c["status"], c["stop_reason"]) for c in children]
     assert statuses == [("queued", None)] * 3 + [("cancelled", "budget")] * 5
+    assert stack.other.get(f"/sweeps/{sweep['id']}").status_code == 404  # another key's sweep is unknown
+    assert stack.client.get(f"/sweeps/{sweep['id']}").json()["children"] == children
     # The same sweep again draws the same random values (random_seed).
     again = post_sweep(stack, body)
     assert [c["params"] for c in again["children"]] == [c["params"] for c in children]
