@@ -111,9 +111,14 @@ def plan_children(spec: SweepCreate) -> list[tuple[dict[str, Any], dict[str, Any
 
 def create_sweep(
     session: Session, spec: SweepCreate, owner_id: str, children: list[tuple[dict[str, Any], dict[str, Any]]],
-    queue: str, max_attempts: int,
+    queue: str, max_attempts: int, upstreams: Sequence[dict[str, JobStatus]] = (),
 ) -> tuple[Job, list[Job]]:  # fmt: skip
-    """Store the parent (running, no lease) and its children in one commit; (parent, children queued to send)."""
+    """Store the parent (running, no lease) and its children in one commit; (parent, children queued to send).
+
+    `upstreams[i]`: the jobs child i's params name (it waits for them, `jobs.pipelines.add_dependent`).
+    """
+    from jobs.pipelines import add_dependent
+
     now = utcnow()
     parent = Job(
         id=new_id(), kind="sweep", params=spec.model_dump(mode="json"), status=JobStatus.RUNNING, queue=queue,
@@ -133,10 +138,14 @@ def create_sweep(
         if cap is not None and index >= cap:
             job.status, job.stop_reason, job.cancel_requested, job.finished_at = JobStatus.CANCELLED, BUDGET, True, now
             job.error = f"not started: the sweep's budget of {cap} jobs is spent"
-        session.add(job)
-        session.flush()
-        message = "queued" if job.status == JobStatus.QUEUED else f"cancelled: {BUDGET} (max_jobs={cap})"
-        session.add(JobEvent(job_id=job.id, type="status", message=message, created_at=now))
+        upstream = upstreams[index] if index < len(upstreams) else {}
+        if upstream and job.status == JobStatus.QUEUED:
+            add_dependent(session, job, upstream)
+        else:
+            session.add(job)
+            session.flush()
+            message = "queued" if job.status == JobStatus.QUEUED else f"cancelled: {BUDGET} (max_jobs={cap})"
+            session.add(JobEvent(job_id=job.id, type="status", message=message, created_at=now))
         if job.status == JobStatus.QUEUED:
             to_send.append(job)
     session.commit()

@@ -15,7 +15,7 @@ from api.errors import ApiError, NotFound
 from api.routes import keyed_router
 from jobs.kinds import get_kind
 from jobs.models import Job, JobDependency, JobEvent, new_id
-from jobs.pipelines import add_dependent
+from jobs.pipelines import CONTAINER_KINDS, add_dependent
 from jobs.refs import find_refs, resolve_ref
 from jobs.states import JobStatus, utcnow
 from jobs.submit import new_job, send_job
@@ -65,6 +65,7 @@ class GraphPublic(BaseModel):
     upstreams: list[NodePublic]
     downstreams: list[NodePublic]
     parent_id: str | None
+    page: str | None = Field(None, description="The dashboard page of this job as a pipeline or sweep.")
 
 
 def _rewrite(value: Any, ids: dict[str, str], earlier: set[str], used: set[str], where: str) -> Any:
@@ -200,7 +201,10 @@ def job_graph(job: JobDep, session: SessionDep) -> GraphPublic:
     rows = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_([*up_ids, *down_ids])))}
     ups = [rows[i] for i in sorted(up_ids) if i in rows]
     downs = [rows[i] for i in sorted(down_ids) if i in rows]
-    return GraphPublic(upstreams=_nodes(session, ups), downstreams=_nodes(session, downs), parent_id=job.parent_id)
+    page = f"/ui/{job.kind}s/{job.id}" if job.kind in CONTAINER_KINDS else None
+    return GraphPublic(
+        upstreams=_nodes(session, ups), downstreams=_nodes(session, downs), parent_id=job.parent_id, page=page
+    )
 
 
 __all__ = ["graph_router", "router"]

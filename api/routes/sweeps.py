@@ -16,6 +16,7 @@ from api.routes import keyed_router
 from jobs.kinds import get_kind
 from jobs.models import Job
 from jobs.params.sweep import SweepCreate
+from jobs.pipelines import upstreams_for
 from jobs.refs import check_params_refs
 from jobs.states import JobStatus
 from jobs.submit import send_job
@@ -82,11 +83,11 @@ def create(
         children = plan_children(body)
     except SweepInvalid as exc:
         raise ApiError(422, "invalid_sweep", str(exc), exc.details) from None
-    for _values, params in children:
-        check_params_refs(session, key.id, params)
+    # A child whose params name a job (`job:<id>`) waits for it, as a job submitted alone would.
+    upstreams = [upstreams_for(session, key.id, check_params_refs(session, key.id, p), None) for _v, p in children]
     parent, to_send = create_sweep(
         session, body, key.id, children, queue=body.queue or spec.queue,
-        max_attempts=body.max_attempts or settings.default_max_attempts,
+        max_attempts=body.max_attempts or settings.default_max_attempts, upstreams=upstreams,
     )  # fmt: skip
     for job in to_send:
         send_job(session, job.id, job.kind, job.queue, job.priority, app=celery)

@@ -23,7 +23,7 @@ from tests.support.services import Stack
 
 TRAIN: dict[str, Any] = {
     "dataset": "builtin:digits", "backbone": "se_resnet18", "base_width": 8, "embedding_size": 16, "image_size": 16,
-    "epochs": 2, "batch_size": 64, "split_by": "sample", "max_pairs": 200, "max_train_samples": 600,
+    "epochs": 2, "batch_size": 64, "split_by": "sample", "max_pairs": 100, "max_train_samples": 300,
 }  # fmt: skip
 
 
@@ -89,6 +89,21 @@ def test_the_gpu_hours_budget_stops_the_sweep_at_its_limit(stack: Stack) -> None
         (1, "succeeded", None), (2, "cancelled", "budget"), (3, "cancelled", "budget"),
     ]  # fmt: skip
     assert (done["result"]["succeeded"], done["result"]["budget_cancelled"]) == (1, 2)
+
+
+def test_children_that_name_a_job_wait_for_it(stack: Stack) -> None:
+    r = stack.client.post("/jobs", json={"kind": "train_embedding", "params": TRAIN})
+    assert r.status_code == 201, r.text
+    model = r.json()["id"]
+    sweep = post_sweep(stack, {"kind": "evaluate", "base": {"model": f"job:{model}", "dataset": "builtin:digits"},
+                               "axes": {"grid": {"flip_tta": [True, False]}}})  # fmt: skip
+    assert [c["status"] for c in sweep["children"]] == ["waiting", "waiting"]
+    graph = stack.client.get(f"/jobs/{sweep['children'][0]['id']}/graph").json()
+    assert ([n["id"] for n in graph["upstreams"]], graph["parent_id"]) == ([model], sweep["id"])
+    assert stack.client.get(f"/jobs/{sweep['id']}/graph").json()["page"] == f"/ui/sweeps/{sweep['id']}"
+    # Cancelling the sweep cancels its children.
+    assert stack.client.post(f"/jobs/{sweep['id']}/cancel").status_code == 200
+    assert [stack.client.get(f"/jobs/{c['id']}").json()["status"] for c in sweep["children"]] == ["cancelled"] * 2
 
 
 def test_the_median_rule_stops_a_child_behind_the_others(db_url: str) -> None:

@@ -13,11 +13,15 @@
   async function refresh(id) {
     const g = await api(`/jobs/${encodeURIComponent(id)}/graph`);
     const card = $("#j-deps-card");
-    card.hidden = !(g.upstreams.length || g.downstreams.length || g.parent_id);
+    card.hidden = !(g.upstreams.length || g.downstreams.length || g.parent_id || g.page);
     setChildren($("#j-deps"), el("dt", {}, "Waits for"), el("dd", { id: "j-upstreams" }, list(g.upstreams)),
       el("dt", {}, "Waited for by"), el("dd", { id: "j-downstreams" }, list(g.downstreams)));
     const parent = $("#j-parent");
-    if (g.parent_id) {
+    if (g.page) {
+      parent.href = g.page;
+      parent.textContent = g.page.startsWith("/ui/sweeps/") ? "open the sweep page" : "open the pipeline graph";
+      parent.hidden = false;
+    } else if (g.parent_id) {
       const parentJob = await api(`/jobs/${encodeURIComponent(g.parent_id)}`);
       const kind = parentJob.kind === "sweep" ? "sweeps" : parentJob.kind === "pipeline" ? "pipelines" : "jobs";
       parent.href = `/ui/${kind}/${g.parent_id}`;
