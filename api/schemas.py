@@ -55,6 +55,9 @@ class JobCreate(BaseModel):
     max_attempts: int | None = Field(
         None, ge=1, le=100, description="Attempts before the job fails (preemptions do not count)."
     )
+    after: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]] | None = Field(
+        None, max_length=100, description="Job ids this job waits for (a `job:<id>` ref in params waits too)."
+    )
 
 
 class JobPublic(BaseModel):
@@ -80,6 +83,8 @@ class JobPublic(BaseModel):
     checkpoint_step: int | None
     cancel_requested: bool
     lease_owner: str | None
+    parent_id: str | None = None
+    stop_reason: str | None = Field(None, description='Why the platform stopped it: "budget", "early stopped by ...".')
     created_at: UtcDatetime
     enqueued_at: UtcDatetime | None
     started_at: UtcDatetime | None

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 tables: Job, JobEvent, Artifact, Dataset, Model, Worker, ApiKey."""
+"""SQLAlchemy 2 tables: Job, JobDependency, JobEvent, Artifact, Dataset, Model, Worker, ApiKey."""
 
 from __future__ import annotations
 
@@ -93,6 +93,8 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     checkpoint_key: Mapped[str | None] = mapped_column(String(512), default=None)
     checkpoint_step: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # Why the platform (not its owner) stopped or never started it: "budget", "early stopped by the median rule".
+    stop_reason: Mapped[str | None] = mapped_column(String(200), default=None)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     enqueued_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -105,6 +107,16 @@ class Job(Base):
         if self.status == JobStatus.SUCCEEDED:
             return 1.0
         return min(1.0, self.progress_step / self.progress_total) if self.progress_total else 0.0
+
+
+class JobDependency(Base):
+    """`job_id` runs after `upstream_id` succeeds (jobs/pipelines.py); both rows exist before the edge, so no cycle."""
+
+    __tablename__ = "job_deps"
+    __table_args__ = (Index("ix_job_deps_upstream_id", "upstream_id"),)
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    upstream_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
 
 
 class JobEvent(Base):

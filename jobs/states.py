@@ -9,6 +9,8 @@ nothing.
     running -> queued        (lease expired, or the worker was told to shut down)
     queued -> cancelled      (cancel before start)
     failed | cancelled -> queued   (retry, by the owner)
+    waiting -> queued | held | cancelled   (a job with upstreams: jobs/pipelines.py)
+    held -> waiting | cancelled            (an upstream failed; its retry lets the job wait again)
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ class JobStatus(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # A job whose upstreams have not all succeeded (not sent to the broker), and one whose upstream failed.
+    WAITING = "waiting"
+    HELD = "held"
 
     @property
     def terminal(self) -> bool:
@@ -44,6 +49,8 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
     JobStatus.CANCELLED: frozenset({JobStatus.QUEUED}),
+    JobStatus.WAITING: frozenset({JobStatus.QUEUED, JobStatus.HELD, JobStatus.CANCELLED}),
+    JobStatus.HELD: frozenset({JobStatus.WAITING, JobStatus.CANCELLED}),
 }
 
 
@@ -266,3 +273,22 @@ def reap_expired(session: Session, now: datetime | None = None) -> tuple[list[st
             if bucket is failed:
                 notify_ended(session, job_id)
     return requeued, failed
+
+
+def move(session: Session, job_id: str, old: JobStatus, new: JobStatus, **values: Any) -> bool:
+    """`old` -> `new` by compare-and-swap, for the dependency states (waiting, held) and their exits.
+
+    Used by `jobs/pipelines.py` only; the hot path (claim, finish) never calls it.
+    """
+    check_transition(old, new)
+    job = _job()
+    now = utcnow()
+    if new == JobStatus.CANCELLED:
+        values = {"finished_at": now, "cancel_requested": True, **values}
+    res = session.execute(
+        update(job).where(job.id == job_id, job.status == old).values(status=new, updated_at=now, **values)
+    )
+    changed = bool(_rowcount(res))
+    if changed and new.terminal:
+        notify_ended(session, job_id)
+    return changed

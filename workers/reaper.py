@@ -1,5 +1,8 @@
 """The reaper: requeues jobs whose lease expired, fails them past max_attempts, re-sends lost messages.
 
+It also runs the dependency resolver (`jobs.pipelines.resolve`): waiting jobs whose upstreams all
+succeeded are sent, sweeps' budgets and early stopping are enforced, finished parents settled.
+
 Celery's own redelivery is a second line; this loop, over the database, is the source of truth.
 Every worker's main process runs it (each change is a compare-and-swap, so several reapers agree),
 and `facejobs reaper` runs it alone.
@@ -17,6 +20,7 @@ from sqlalchemy import select
 from jobs.broker import queue_size
 from jobs.db import session_scope
 from jobs.models import Job, JobEvent
+from jobs.pipelines import ResolveReport, resolve
 from jobs.settings import Settings, get_settings
 from jobs.states import JobStatus, reap_expired, utcnow
 from jobs.submit import send_job
@@ -30,6 +34,7 @@ class ReapReport:
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
+    dependencies: ResolveReport = field(default_factory=ResolveReport)
 
 
 def reap_once(settings: Settings | None = None) -> ReapReport:
@@ -60,6 +65,8 @@ def reap_once(settings: Settings | None = None) -> ReapReport:
         with session_scope(db) as s:
             if send_job(s, job_id, kind, queue, priority):
                 report.resent.append(job_id)
+    # Pipelines and sweeps: release, hold and cancel dependents, enforce sweeps' budgets, settle parents.
+    report.dependencies = resolve(db)
     if report.requeued or report.failed or report.resent:
         log.info("reaper: requeued %s, failed %s, re-sent %s", report.requeued, report.failed, report.resent)
     return report

@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
 TEMPLATES_DIR = HERE / "templates"
 STATIC_PREFIX = "/ui/static"
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "waiting", "held")
 
 # Scripts only from our own origin (no inline script, so injected markup cannot run); images also from
 # blob: URLs of fetched artifacts and from the object store's presigned URLs (its public origin).
@@ -109,6 +109,20 @@ def datasets_page(request: Request) -> HTMLResponse:
 def workers_page(request: Request) -> HTMLResponse:
     """Workers, their devices and heartbeats."""
     return _page(request, "workers.html", "workers", "Workers")
+
+
+@router.get("/ui/pipelines/{pipeline_id}", response_class=HTMLResponse)
+def pipeline_page(request: Request, pipeline_id: str) -> HTMLResponse:
+    """A pipeline's steps as a graph (jobs/pipelines.py); the data comes from `GET /pipelines/{id}`."""
+    pipeline_id = pipeline_id[:200]
+    return _page(request, "pipeline.html", "pipeline", f"Pipeline {pipeline_id[:8]}", pipeline_id=pipeline_id)
+
+
+@router.get("/ui/sweeps/{sweep_id}", response_class=HTMLResponse)
+def sweep_page(request: Request, sweep_id: str) -> HTMLResponse:
+    """A sweep's children ranked by its metric (jobs/sweeps.py); the data comes from `GET /sweeps/{id}`."""
+    sweep_id = sweep_id[:200]
+    return _page(request, "sweep.html", "sweep", f"Sweep {sweep_id[:8]}", sweep_id=sweep_id)
 
 
 def mount_static(app: FastAPI) -> None:

@@ -19,8 +19,16 @@ from api.routes import keyed_router
 from api.schemas import ErrorBody, EventPublic, EventsPage, JobCreate, JobPublic, JobsPage
 from jobs.kinds import get_kind, validate_params
 from jobs.models import ApiKey, Job, JobEvent
+from jobs.pipelines import (
+    CONTAINER_KINDS,
+    cancel_with_dependents,
+    reopen_parent,
+    submit_dependent,
+    unhold_dependents,
+    upstreams_for,
+)
 from jobs.refs import check_params_refs
-from jobs.states import JobStatus, request_cancel, retry
+from jobs.states import JobStatus, retry
 from jobs.submit import new_job, send_job, submit_job
 
 log = logging.getLogger(__name__)
@@ -57,7 +65,7 @@ def create_job(
     spec = get_kind(body.kind)
     params = validate_params(body.kind, body.params).model_dump(mode="json")
     # Every job:/model:/dataset: reference must name one of the caller's objects: 404 now, not a failed job.
-    check_params_refs(session, key.id, params)
+    refs = check_params_refs(session, key.id, params)
     if len(json.dumps(params)) > settings.max_params_bytes:
         raise ApiError(
             413,
@@ -74,8 +82,13 @@ def create_job(
         priority=body.priority,
         idempotency_key=idempotency_key,
     )
+    # `job:` refs (rows read above) and `after` make it wait for those jobs; no query when it has neither.
+    upstream = upstreams_for(session, key.id, refs, body.after)
     try:
-        submit_job(session, job, app=celery)
+        if upstream:
+            submit_dependent(session, job, upstream, app=celery)
+        else:
+            submit_job(session, job, app=celery)
     except IntegrityError:
         # Two requests with the same Idempotency-Key raced; the other one created the job.
         session.rollback()
@@ -129,12 +142,11 @@ def cancel_job(job: JobDep, session: SessionDep) -> Job:
     """Cancel a job: a queued one at once, a running one at its next check (within seconds)."""
     if job.status.terminal:
         raise Conflict(f"job {job.id} is already {job.status.value}", {"status": job.status.value})
-    after = request_cancel(session, job.id)
+    # Its dependents (and a sweep's or pipeline's children) are cancelled with it, transitively.
+    after = cancel_with_dependents(session, job.id)
     if after in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         session.rollback()
         raise Conflict(f"job {job.id} is already {after.value}", {"status": after.value})
-    message = "cancelled before it started" if after == JobStatus.CANCELLED else "cancel requested"
-    session.add(JobEvent(job_id=job.id, attempt=job.attempt, type="status", message=message))
     session.commit()
     session.refresh(job)
     return job
@@ -142,8 +154,11 @@ def cancel_job(job: JobDep, session: SessionDep) -> Job:
 
 @router.post("/{job_id}/retry", response_model=JobPublic, responses={409: {"model": ErrorBody}})
 def retry_job(job: JobDep, session: SessionDep, celery: CeleryDep) -> Job:
-    """Queue a failed or cancelled job again, with a fresh error budget; it resumes from its checkpoint."""
-    if not retry(session, job.id):
+    """Queue a failed or cancelled job again, with a fresh error budget; it resumes from its checkpoint.
+
+    Its held dependents go back to waiting, and run once it has succeeded.
+    """
+    if job.kind in CONTAINER_KINDS or not retry(session, job.id):
         session.rollback()
         session.refresh(job)
         raise Conflict(
@@ -151,6 +166,8 @@ def retry_job(job: JobDep, session: SessionDep, celery: CeleryDep) -> Job:
             {"status": job.status.value},
         )
     session.add(JobEvent(job_id=job.id, attempt=job.attempt, type="status", message="queued again (retry)"))
+    unhold_dependents(session, job.id)
+    reopen_parent(session, job.id)
     session.commit()
     session.refresh(job)
     send_job(session, job.id, job.kind, job.queue, job.priority, app=celery)

@@ -33,6 +33,8 @@ PUBLIC_ROUTES = {
     ("GET", "/ui/submit"),
     ("GET", "/ui/datasets"),
     ("GET", "/ui/workers"),
+    ("GET", "/ui/pipelines/{pipeline_id}"),
+    ("GET", "/ui/sweeps/{sweep_id}"),
     ("MOUNT", "/ui/static"),
 }
 PRIVATE_ROUTES = {
@@ -54,6 +56,11 @@ PRIVATE_ROUTES = {
     ("GET", "/models/{model_id}"),
     ("GET", "/workers"),
     ("POST", "/verify"),
+    ("GET", "/jobs/{job_id}/graph"),
+    ("POST", "/pipelines"),
+    ("GET", "/pipelines/{pipeline_id}"),
+    ("POST", "/sweeps"),
+    ("GET", "/sweeps/{sweep_id}"),
 }
 OWNED_PARAMS = ("{job_id}", "{dataset_id}", "{model_id}")  # a path naming one of these names a key's thing
 
@@ -90,7 +97,8 @@ def test_every_route_but_the_public_ones_needs_a_valid_key(stack: Any) -> None:
         assert revoke_key(s, row.id) is False
     anonymous = TestClient(stack.app)
     bad_keys = [None, "", "nonsense", "fj_00000000_" + "0" * 32, stack.key + "x", revoked]
-    ids = {"job_id": job_id, "dataset_id": "0" * 32, "model_id": "0" * 32, "name": "a.txt"}
+    ids = {"job_id": job_id, "dataset_id": "0" * 32, "model_id": "0" * 32, "name": "a.txt", "pipeline_id": "0" * 32,
+           "sweep_id": "0" * 32}  # fmt: skip
     for method, path in sorted(PRIVATE_ROUTES):
         url = fill(path, ids)
         for key in bad_keys:
@@ -119,7 +127,7 @@ def test_another_keys_things_read_as_unknown(stack: Any, orl_dir: Any) -> None:
 
     # Every keyed route that names one of the owner's things, taken from the app (hidden ones included).
     by_id = sorted((m, p) for m, p in app_routes(stack.app) & PRIVATE_ROUTES if any(o in p for o in OWNED_PARAMS))
-    assert len(by_id) == 9, by_id
+    assert len(by_id) == 10, by_id
     for method, path in by_id:
         url = fill(path, ids)
         if method == "GET":  # the owner reads it, so the other key's 404 is the owner check, not a bad URL

@@ -13,7 +13,7 @@ from jobs.migrate import downgrade, upgrade
 from jobs.models import Base
 from tests.support.services import PG_ADMIN_URL
 
-TABLES = {"alembic_version", "api_keys", "artifacts", "datasets", "job_events", "jobs", "models", "workers"}
+TABLES = {"alembic_version", "api_keys", "artifacts", "datasets", "job_deps", "job_events", "jobs", "models", "workers"}
 
 
 def _check_schema(url: str) -> None:

@@ -27,7 +27,7 @@ from tests.support.s3server import S3Server, start_s3
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/11"
 REPO = Path(__file__).resolve().parents[2]
-TABLES = ("job_events", "artifacts", "jobs", "datasets", "models", "workers", "api_keys")
+TABLES = ("job_events", "job_deps", "artifacts", "jobs", "datasets", "models", "workers", "api_keys")
 
 
 @pytest.fixture(scope="session")
