@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,10 +24,10 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import CeleryDep, CurrentKey, SessionDep, SettingsDep, StoreDep
 from api.errors import ApiError, NotFound
 from api.ingest import commit_or_undo, put_all
-from api.job_wait import MAX_WAIT_SECONDS, wait_until_ended
+from api.job_wait import wait_until_ended
 from api.routes import keyed_router
 from api.routes.uploading import multipart_body, upload_dir
-from api.routes.verify import _check_upload
+from api.routes.verify import MAX_TIMEOUT_S, _check_upload
 from api.schemas import ErrorBody, VerifyPending
 from api.uploads import ReceivedFile, receive_multipart
 from jobs.kinds import get_kind, validate_params
@@ -161,7 +162,11 @@ def _submit(
 def _wait(session: Session, job_id: str, url: str, seconds: float) -> tuple[JobStatus, Any, str | None]:
     job = session.get(Job, job_id)
     assert job is not None
-    wait_until_ended(session, job, url, seconds)
+    deadline = time.monotonic() + seconds
+    while True:  # wait_until_ended waits at most MAX_WAIT_SECONDS a call
+        wait_until_ended(session, job, url, max(0.0, deadline - time.monotonic()))
+        if JobStatus(job.status).terminal or time.monotonic() >= deadline:
+            break
     out = (JobStatus(job.status), job.result, job.error)
     session.commit()
     return out
@@ -187,7 +192,9 @@ async def search(
     settings: SettingsDep,
     store: StoreDep,
     celery: CeleryDep,
-    timeout: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS, description="Seconds to wait.")] = DEFAULT_TIMEOUT_S,
+    timeout: Annotated[
+        float, Query(ge=0, le=MAX_TIMEOUT_S, description=f"Seconds to wait (at most {MAX_TIMEOUT_S:g}).")
+    ] = DEFAULT_TIMEOUT_S,
 ) -> SearchResult | Response:
     """Who is this? Every face of `image` (or one `embedding`) with its top `k` matches in `index`.
 
