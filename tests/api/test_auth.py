@@ -54,6 +54,7 @@ PRIVATE_ROUTES = {
     ("GET", "/models/{model_id}"),
     ("GET", "/workers"),
     ("POST", "/verify"),
+    ("POST", "/search"),
 }
 OWNED_PARAMS = ("{job_id}", "{dataset_id}", "{model_id}")  # a path naming one of these names a key's thing
 

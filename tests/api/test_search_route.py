@@ -15,8 +15,8 @@ from PIL import Image
 
 from jobs.models import Job
 from jobs.states import JobStatus
-from tests.support.factories import add_job, bomb_png, key_id
 from tests.support.faces import register_model
+from tests.support.factories import add_job, bomb_png, key_id
 from tests.support.jobs import download, submit
 from tests.support.orl_gallery import embed_orl_part, orl_gallery_model
 from tests.support.services import Stack
@@ -111,10 +111,13 @@ def test_an_image_is_searched_against_an_index_and_a_repeat_hits_the_cache(
     assert code(none) == (422, "no_face"), none.text
     empty = post_search(stack, blank.getvalue(), model=model)
     assert empty.status_code == 200 and empty.json()["faces"] == [], empty.text
-    (artifacts_dir / f"search_route_{stack.name}.json").write_text(
-        json.dumps({"seconds_per_request": timings, "first": body["worker_seconds"],
-                    "warm": [b["worker_seconds"] for b in bodies[1:]]}, indent=1)  # fmt: skip
-    )
+    warm = [b["worker_seconds"] for b in bodies[1:]]
+    figures = {
+        "seconds_per_request": timings,
+        "worker_seconds_first": body["worker_seconds"],
+        "worker_seconds_warm": warm,
+    }
+    (artifacts_dir / f"search_route_{stack.name}.json").write_text(json.dumps(figures, indent=1))
 
 
 @pytest.mark.services

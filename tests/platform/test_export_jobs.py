@@ -64,8 +64,8 @@ def test_trained_backbones_export_within_the_parity_bounds(
         onnx_bytes = download(stack, f"/jobs/{job_id}/artifacts/backbone.onnx")
         model = onnx.load_from_string(onnx_bytes)
         assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
-        assert json.loads(download(stack, f"/jobs/{job_id}/artifacts/onnx.json"))["max_abs_diff"] == result[
-            "max_abs_diff"
-        ]
+        assert (
+            json.loads(download(stack, f"/jobs/{job_id}/artifacts/onnx.json"))["max_abs_diff"] == result["max_abs_diff"]
+        )
         figures[backbone] = {k: result[k] for k in ("max_abs_diff", "accuracy_torch", "accuracy_onnx", "num_pairs")}
     (artifacts_dir / "export_jobs_orl.json").write_text(json.dumps(figures, indent=1))
