@@ -29,7 +29,7 @@ def _load_model(ctx: JobContext, model: str, weights: str | None) -> Any:
         if model.startswith("facenet:"):
             path = Path(ctx.open_model(weights)) if weights else None
             return load_facenet(model.split(":", 1)[1], path, device=ctx.device)
-        if model.startswith("model:"):
+        if model.startswith("model:") and ctx.model_info(model)["kind"] == "onnx":
             return load_onnx(ctx, model)
         return load_trained_model(Path(ctx.open_model(model)), model, device=ctx.device)
     except ModelLoadError as exc:

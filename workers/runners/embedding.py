@@ -130,7 +130,7 @@ def run_evaluate(ctx: JobContext) -> dict[str, Any]:
     from ml.metrics.verification import VerificationError
 
     p = params_as(ctx, EvaluateParams)
-    if p.model.startswith("model:"):  # an uploaded ONNX embedding model: its declared input pipeline
+    if p.model.startswith("model:") and ctx.model_info(p.model)["kind"] == "onnx":  # its declared input
         from workers.runners.embed import load_onnx
 
         onnx_model = load_onnx(ctx, p.model)
