@@ -16,7 +16,7 @@ from jobs.models import Model
 from ml.arcface.model import Normalization
 from ml.export import export_backbone
 from ml.faces.models import read_threshold
-from tests.support.faces import register_model
+from tests.support.faces import post_verify, register_model
 from tests.support.jobs import download, submit
 from tests.support.orl_gallery import embed_orl_part, orl_gallery_model
 from tests.support.services import Stack
@@ -112,8 +112,12 @@ def test_an_uploaded_onnx_model_embeds_as_the_pytorch_one(stack: Stack, orl_dir:
     assert up.status_code == 201, up.text
     onnx_ref = f"model:{up.json()['id']}"
     torch_ref = f"job:{register_model(stack, folder)}"
-    _, by_onnx = embed_orl_part(stack, orl_dir, "mated", onnx_ref)
+    mated, by_onnx = embed_orl_part(stack, orl_dir, "mated", onnx_ref)
     _, by_torch = embed_orl_part(stack, orl_dir, "mated", torch_ref)
+    evaluations = [
+        submit(stack, {"model": ref, "dataset": mated, "use_split": "all", "flip_tta": False}, kind="evaluate")
+        for ref in (onnx_ref, torch_ref)
+    ]
     stack.start_worker()
     embeddings = []
     for job_id, ref in ((by_onnx, onnx_ref), (by_torch, torch_ref)):
@@ -122,6 +126,17 @@ def test_an_uploaded_onnx_model_embeds_as_the_pytorch_one(stack: Stack, orl_dir:
         assert (job["result"]["faces"], job["result"]["model"]) == (100, ref)
         embeddings.append(np.load(io.BytesIO(download(stack, f"/jobs/{job_id}/artifacts/embeddings.npy"))))
     np.testing.assert_allclose(embeddings[0], embeddings[1], atol=1e-4)
+    # evaluate and verify take it too: the same figures as the PyTorch model's.
+    by_onnx_eval, by_torch_eval = (stack.wait_job(job_id, timeout=180) for job_id in evaluations)
+    assert by_onnx_eval["status"] == "succeeded", by_onnx_eval["error"]
+    assert by_onnx_eval["result"]["auc"] == pytest.approx(by_torch_eval["result"]["auc"], abs=1e-6)
+    a, b = (orl_dir / "s1" / "6.pgm").read_bytes(), (orl_dir / "s2" / "6.pgm").read_bytes()
+    verdicts = [
+        post_verify(stack.client, a, b, timeout=120, model=ref, detector="none") for ref in (onnx_ref, torch_ref)
+    ]
+    assert [v.status_code for v in verdicts] == [200, 200], verdicts[0].text
+    assert verdicts[0].json()["distance"] == pytest.approx(verdicts[1].json()["distance"], abs=1e-4)
+    assert verdicts[0].json()["threshold"] == pytest.approx(1 - threshold, abs=1e-9)
     # The index of an ONNX model's embeddings takes the threshold declared at upload.
     index_id = submit(stack, {"embed_jobs": [f"job:{by_onnx}"]}, kind="index")
     index = stack.wait_job(index_id, timeout=120)
