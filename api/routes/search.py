@@ -148,6 +148,8 @@ def _submit(
     validated = validate_params("search_one", params)
     stored = validated.model_dump(mode="json", exclude_none=True)
     check_params_refs(session, key.id, stored)  # the model (and index) are the caller's, or 404
+    if len(json.dumps(stored)) > settings.max_params_bytes:
+        raise ApiError(413, "params_too_large", f"params are over {settings.max_params_bytes} bytes as JSON")
     put_all(store, uploads, "image")
     job = new_job("search_one", stored, queue=get_kind("search_one").queue, owner_id=key.id,
                   max_attempts=settings.default_max_attempts, job_id=job_id)  # fmt: skip
