@@ -143,6 +143,10 @@ def _submit(
         params["embedding"] = _embedding(fields["embedding"], dim if isinstance(dim, int) else None)
     else:
         raise ApiError(422, "missing_image", "send image (a file) or embedding (a JSON list)", {"field": "image"})
+    held = (index_job.result or {}).get("model") if index_job is not None else None
+    if index_job is not None and held is not None and params.get("model", held) != held:
+        raise ApiError(422, "model_mismatch", f"index job {index_job.id} holds embeddings of {held}; search it with "
+                       f"that model (or leave model out), not {params['model']}", {"model": held})  # fmt: skip
     if index_job is None and "model" not in params:
         raise ApiError(422, "missing_model", "without an index, send model (what embeds the faces)")
     validated = validate_params("search_one", params)

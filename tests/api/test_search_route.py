@@ -124,7 +124,7 @@ def test_an_image_is_searched_against_an_index_and_a_repeat_hits_the_cache(
 @pytest.mark.security
 def test_bad_searches_get_a_clear_4xx_and_submit_nothing(stack: Stack, orl_dir: Path) -> None:
     owner = key_id(stack)
-    dim = {"dim": 64, "rows": 1}
+    dim = {"dim": 64, "rows": 1, "model": "job:m"}
     good = f"job:{add_job(stack, owner, status=JobStatus.SUCCEEDED, kind='index', result=dim)}"
     running = f"job:{add_job(stack, owner, status=JobStatus.RUNNING, kind='index')}"
     theirs = f"job:{add_job(stack, key_id(stack, stack.other_key), status=JobStatus.SUCCEEDED, kind='index')}"
@@ -142,6 +142,7 @@ def test_bad_searches_get_a_clear_4xx_and_submit_nothing(stack: Stack, orl_dir: 
     assert code(post_search(stack, None, index=good, embedding="[1, 2, oops")) == (422, "invalid_embedding")
     assert code(post_search(stack, None, embedding=json.dumps([0.1] * 64))) == (422, "missing_index")
     assert code(post_search(stack, face)) == (422, "missing_model")
+    assert code(post_search(stack, face, index=good, model="job:another")) == (422, "model_mismatch")
     assert code(post_search(stack, face, index=good, colour="red")) == (422, "unknown_field")
     assert code(post_search(stack, face, index=good, k="500")) == (422, "invalid_params")
     assert code(post_search(stack, None, index=good)) == (422, "missing_image")
