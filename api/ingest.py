@@ -25,6 +25,7 @@ from api.uploads import ReceivedFile, safe_filename
 from api.zipdir import TooManyEntries, ZipDirectoryError, check_zip_directory
 from jobs.errors import TransientError
 from jobs.models import ApiKey, Dataset, Model, new_id
+from jobs.onnx_file import OnnxUploadError, check_onnx_upload
 from jobs.settings import Settings
 from jobs.states import utcnow
 from jobs.store import Store, StoredObject, join_key
@@ -33,7 +34,7 @@ from jobs.weights_file import WeightsFileError, check_weights_file
 
 log = logging.getLogger(__name__)
 PUT_THREADS = 8
-MODEL_KINDS = ("generator", "facenet", "backbone")
+MODEL_KINDS = ("generator", "facenet", "backbone", "onnx")
 MAX_REFUSED_SHOWN = 50
 WEIGHT_KINDS = ("facenet", "backbone")  # state dicts, checked as data (a generator is TorchScript)
 MAX_MODEL_ENTRIES = 100_000  # a model archive holds a few hundred tensors; TorchScript's check caps entries too
@@ -197,6 +198,16 @@ def check_weights_upload(path: Path, kind: str, filename: str) -> None:
         raise ApiError(400, exc.code, str(exc)) from None
 
 
+def check_onnx_model_upload(path: Path, filename: str, fields: dict[str, str]) -> dict[str, Any]:
+    """400 (or 422 for the declaration) unless `path` is a self-contained, standard-operator ONNX
+    embedding model taking the declared input; its declared and probed meta (`jobs.onnx_file`)."""
+    try:
+        return check_onnx_upload(path.read_bytes(), filename, fields)
+    except OnnxUploadError as exc:
+        status = 422 if exc.code == "invalid_declaration" else 400
+        raise ApiError(status, exc.code, str(exc)) from None
+
+
 def ingest_model(session: Session, store: Store, key: ApiKey, upload: ReceivedFile, fields: dict[str, str]) -> Model:
     """Check the model file, store it under `models/{id}/{filename}` and create the Model row."""
     kind = fields.get("kind", "")
@@ -215,6 +226,8 @@ def ingest_model(session: Session, store: Store, key: ApiKey, upload: ReceivedFi
         check_generator_upload(upload.path)
     if kind in WEIGHT_KINDS:
         check_weights_upload(upload.path, kind, filename)
+    if kind == "onnx":
+        meta = {**meta, **check_onnx_model_upload(upload.path, filename, fields)}
     model_id = new_id()
     object_key = join_key(f"models/{model_id}", filename)
     (stored,) = put_all(store, [(object_key, upload.path, "application/octet-stream")], "model")

@@ -1,8 +1,8 @@
 """A cap on request bodies outside the upload routes, so a huge JSON body is never read into memory.
 
-Upload routes (`POST /datasets`, `POST /models`, `POST /verify`) stream to disk and enforce `max_upload_bytes`
-themselves. Every other body is small JSON: a declared Content-Length over the cap is answered 413
-before a byte is read, and a chunked body that passes the cap mid-stream is cut off (4xx).
+Upload routes (`POST /datasets`, `POST /models`, `POST /verify`, `POST /search`) stream to disk and
+enforce `max_upload_bytes` themselves. Every other body is small JSON: a declared Content-Length over
+the cap is answered 413 before a byte is read, and a chunked body that passes the cap mid-stream is cut off (4xx).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError, error_response
 
-STREAMED_ROUTES = frozenset({"/datasets", "/models", "/verify"})
+STREAMED_ROUTES = frozenset({"/datasets", "/models", "/verify", "/search"})
 
 
 class BodyTooLarge(ApiError):

@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_fiel
 from jobs.states import JobStatus
 
 Queue = Literal["gpu", "cpu"]
-ModelKind = Literal["generator", "facenet", "backbone"]
+ModelKind = Literal["generator", "facenet", "backbone", "onnx"]
 
 
 def _as_utc(value: datetime) -> datetime:

@@ -63,6 +63,7 @@ def ref_pattern(*kinds: RefKind, also: tuple[str, ...] = ()) -> str:
 DATASET_REF_PATTERN = ref_pattern("builtin", "dataset")
 MODEL_REF_PATTERN = ref_pattern("job", "model")
 WEIGHTS_REF_PATTERN = ref_pattern("model")
+JOB_REF_PATTERN = ref_pattern("job")
 # A file inside a caller's dataset ("dataset:<id>/<key>"): the dataset ref, then the key.
 DATASET_FILE = re.compile(rf"^(dataset:{_ID})/(.+)$")
 # What each kind of object is called in a "not found" message.

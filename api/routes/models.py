@@ -25,6 +25,13 @@ FORM = multipart_body(
         "kind": {"type": "string", "enum": list(MODEL_KINDS)},
         "name": {"type": "string", "maxLength": 200},
         "meta": {"type": "string", "description": "A JSON object stored with the model."},
+        "input_size": {"type": "string", "description": 'onnx: the input "height,width" (e.g. "112,112").'},
+        "channels": {"type": "integer", "enum": [1, 3], "description": "onnx: input channels (default 3)."},
+        "normalize": {"type": "string", "enum": ["arcface", "facenet", "unit"], "description": "onnx: a preset"},
+        "mean": {"type": "string", "description": "onnx, instead of normalize: mean(s) of [0, 1] pixels."},
+        "std": {"type": "string", "description": "onnx, instead of normalize: std(s)."},
+        "threshold": {"type": "number", "description": "onnx: its cosine-similarity threshold, if evaluated."},
+        "align_size": {"type": "integer", "enum": [112, 160], "description": "onnx: the aligned crop side."},
     },
     ["file", "kind"],
 )
@@ -40,7 +47,13 @@ FORM = multipart_body(
 async def create_model(
     request: Request, key: CurrentKey, session: SessionDep, settings: SettingsDep, store: StoreDep
 ) -> Model:
-    """Upload a model file; a generator must be TorchScript of pure tensor operations (checked without torch)."""
+    """Upload a model file; a generator must be TorchScript of pure tensor operations (checked without torch).
+
+    Kind `onnx` is an embedding model (insightface's packs, or an `export` job's backbone.onnx):
+    declare `input_size`, `channels` and `normalize` (or `mean` and `std`); it is refused (400,
+    nothing stored) when its graph's input disagrees, it uses a custom operator domain or external
+    data, or a probe batch fails in onnxruntime (run here, on the CPU, one thread).
+    """
     # End the key check's read transaction: no pooled connection is held while the body streams in.
     session.commit()
     async with upload_dir(settings) as workdir:

@@ -103,6 +103,13 @@ def _check_model(session: Session, key: ApiKey, params: VerifyParams) -> None:
                 409, "model_not_ready", f"model job {job.id} is {job.status.value}, not succeeded", {"job_id": job.id}
             )
         return
+    if ref is not None and ref.kind == "model":  # an uploaded ONNX embedding model
+        row = resolve_ref(session, key.id, ref)
+        if not isinstance(row, Model) or row.kind != "onnx":
+            raise NotFound("onnx model", ref.id)
+        if params.threshold is None and "threshold" not in (row.meta or {}):
+            raise ApiError(422, "threshold_required", f"{params.model} was uploaded without a threshold: pass one")
+        return
     if params.weights is not None:
         weights = parse_ref(params.weights)
         row = resolve_ref(session, key.id, weights) if weights is not None and weights.kind == "model" else None

@@ -24,7 +24,8 @@ EMBED_NAMES: dict[str, str | None] = {"detector": None}
 LIMITS_NAMES: dict[str, str | None] = {"max_image_pixels": "max_pixels", "min_image_size": "min_size"}
 
 # "facenet:<weights>" (InceptionResnetV1) or "job:<id>" (a train_embedding job's backbone).
-EMBED_MODEL_PATTERN = ref_pattern("job", also=("facenet:vggface2", "facenet:casia-webface"))
+# "model:<id>": an uploaded ONNX embedding model (POST /models kind onnx, its input declared there).
+EMBED_MODEL_PATTERN = ref_pattern("job", "model", also=("facenet:vggface2", "facenet:casia-webface"))
 WARP_SPACES = Literal["none", "roi_tanh", "roi_tanh_polar", "roi_tanh_circular"]
 MAX_VERIFY_IMAGE_BYTES = 8 * 1024 * 1024
 # An image POST /verify received and stored under the job's prefix (jobs/<id>/inputs/<name>).
@@ -41,7 +42,8 @@ class _ModelChoice(BaseModel):
         "facenet:vggface2",
         pattern=EMBED_MODEL_PATTERN,
         description='"facenet:vggface2" / "facenet:casia-webface" (InceptionResnetV1, 160x160, 512-d) or '
-        '"job:<id>" (a backbone trained by a train_embedding job).',
+        '"job:<id>" (a backbone trained by a train_embedding job) or "model:<id>" (an uploaded ONNX '
+        "embedding model).",
     )
     weights: str | None = Field(
         None,
@@ -74,7 +76,7 @@ class _ModelChoice(BaseModel):
     @model_validator(mode="after")
     def _weights_only_for_facenet(self) -> Self:
         if self.weights is not None and not self.model.startswith("facenet:"):
-            raise ValueError("weights apply to facenet models only; a job:<id> model brings its own backbone.pt")
+            raise ValueError("weights apply to facenet models only; a job:<id> or model:<id> model brings its own")
         return self
 
 

@@ -102,7 +102,11 @@ class EvaluateParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(..., pattern=MODEL_REF_PATTERN, description='The model: "job:<id>" of a train_embedding job.')
+    model: str = Field(
+        ...,
+        pattern=MODEL_REF_PATTERN,
+        description='The model: "job:<id>" of a train_embedding job, or "model:<id>" of an uploaded ONNX model.',
+    )
     dataset: str = Field(
         ...,
         pattern=DATASET_REF_PATTERN,

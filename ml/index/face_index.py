@@ -31,7 +31,11 @@ from typing import Literal
 import faiss
 import numpy as np
 
+from ml.core.defaults import shared_defaults
+
 IndexKind = Literal["flat", "hnsw"]
+# Shared with the `index` kind's params (jobs/params/index.py): one default each, in defaults.json.
+_DEFAULTS = shared_defaults("index", "IndexSettings")
 # Rows whose norm is this far from 1 are refused: an unnormalised row would make inner products
 # mean something else than cosine similarities, and the open-set threshold would not apply.
 NORM_TOLERANCE = 1e-3
@@ -52,10 +56,10 @@ class IndexSettings:
         ef_search: candidate list while searching (raised to k when k is larger); the recall knob.
     """
 
-    exact_max: int = 50_000
-    hnsw_m: int = 32
-    ef_construction: int = 40
-    ef_search: int = 128
+    exact_max: int = _DEFAULTS["exact_max"]
+    hnsw_m: int = _DEFAULTS["hnsw_m"]
+    ef_construction: int = _DEFAULTS["ef_construction"]
+    ef_search: int = _DEFAULTS["ef_search"]
 
     def validate(self) -> None:
         for name in ("exact_max", "hnsw_m", "ef_construction", "ef_search"):

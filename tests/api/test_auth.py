@@ -61,6 +61,7 @@ PRIVATE_ROUTES = {
     ("GET", "/pipelines/{pipeline_id}"),
     ("POST", "/sweeps"),
     ("GET", "/sweeps/{sweep_id}"),
+    ("POST", "/search"),
 }
 OWNED_PARAMS = ("{job_id}", "{dataset_id}", "{model_id}")  # a path naming one of these names a key's thing
 

@@ -140,10 +140,13 @@ def _ref_patterns() -> dict[str, set[str]]:
 def test_params_take_every_ref_pattern_from_jobs_refs() -> None:
     from jobs.params.embed import EMBED_MODEL_PATTERN
 
-    ours = {refs.DATASET_REF_PATTERN, refs.MODEL_REF_PATTERN, refs.WEIGHTS_REF_PATTERN, EMBED_MODEL_PATTERN}
+    ours = {
+        refs.DATASET_REF_PATTERN, refs.MODEL_REF_PATTERN, refs.WEIGHTS_REF_PATTERN, refs.JOB_REF_PATTERN,
+        EMBED_MODEL_PATTERN,
+    }  # fmt: skip
     patterns = set(_ref_patterns())
     assert patterns == ours | {ProbeParams.model_fields["dtype"].metadata[0].pattern}
-    assert refs.ref_pattern("job", also=("facenet:vggface2", "facenet:casia-webface")) == EMBED_MODEL_PATTERN
+    assert refs.ref_pattern("job", "model", also=("facenet:vggface2", "facenet:casia-webface")) == EMBED_MODEL_PATTERN
     # One id rule: what a params pattern accepts, `parse_ref` reads, and the reverse.
     for text, ok in [
         ("dataset:a.b", True),
@@ -159,10 +162,10 @@ def test_params_take_every_ref_pattern_from_jobs_refs() -> None:
 def test_kinds_are_found_by_scanning_jobs_params() -> None:
     files = sorted(p.stem for p in Path(jobs.params.__file__).parent.glob("*.py") if not p.stem.startswith("_"))
     # sweep.py declares no kind (KINDS = []): it holds what POST /sweeps takes.
-    assert families() == files == ["embed", "embedding", "gan", "invert", "probe", "sweep"]
+    assert families() == files == ["embed", "embedding", "export", "gan", "index", "invert", "probe", "search", "sweep"]
     assert sorted(registry()) == [
-        "embed", "evaluate", "invert", "probe", "recover_latent", "train_embedding", "train_encoder",
-        "train_generator", "verify",
+        "embed", "evaluate", "export", "index", "invert", "probe", "recover_latent", "search", "search_one",
+        "train_embedding", "train_encoder", "train_generator", "verify",
     ]  # fmt: skip
 
 

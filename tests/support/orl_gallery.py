@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -106,3 +107,29 @@ def orl_embeddings(orl_dir: Path, folder: Path) -> np.ndarray:
     with one_torch_thread():
         _, emb = evaluate_model(backbone, split.images, labels, config)
     return emb.numpy().astype(np.float32)
+
+
+def orl_members(orl_dir: Path, part: str) -> dict[str, bytes]:
+    """The archive members of one part of the split ("gallery", "mated", "non_mated", or "probes":
+    mated and non-mated), keyed as ORL lays them out ("s3/7.pgm")."""
+    split = orl_split(orl_dir)
+    rows = {
+        "gallery": split.gallery,
+        "mated": split.mated,
+        "non_mated": split.non_mated,
+        "probes": np.concatenate([split.mated, split.non_mated]),
+    }[part]
+    return {split.keys[i]: (orl_dir / split.keys[i]).read_bytes() for i in rows}
+
+
+def embed_orl_part(stack: Any, orl_dir: Path, part: str, model: str) -> tuple[str, str]:
+    """(dataset ref, embed job id) of one ORL part uploaded and sent to an embed job (detector none:
+    the frames are faces already); the job is queued, a worker runs it."""
+    from tests.support.factories import make_zip, upload
+    from tests.support.jobs import submit
+
+    resp = upload(stack.client, "/datasets", f"orl-{part}.zip", make_zip(orl_members(orl_dir, part)))
+    assert resp.status_code == 201, resp.text
+    dataset = f"dataset:{resp.json()['id']}"
+    job = submit(stack, {"dataset": dataset, "model": model, "detector": "none", "flip_tta": False}, kind="embed")
+    return dataset, job

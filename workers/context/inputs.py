@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
@@ -75,3 +76,13 @@ class Inputs(ContextBase):
             prefix = key.rsplit("/", 1)[0]
             return self._fetch_prefix(prefix, [key], self._cache("models", model_id))
         raise JobInputError(f"unknown model reference {ref!r}: use job:<id> or model:<id>")
+
+    def model_info(self, ref: str) -> dict[str, Any]:
+        """{"kind", "filename", "meta"} of the caller's uploaded model `ref` ("model:<id>"), e.g. an ONNX
+        model's declared input; `JobInputError` when it is not the job owner's."""
+        model_id = ref.removeprefix("model:")
+        with session_scope(self._db) as s:
+            model = s.get(Model, model_id)
+            if not ref.startswith("model:") or model is None or model.owner_id != self.owner_id:
+                raise JobInputError(f"model {model_id} not found")
+            return {"kind": model.kind, "filename": model.filename, "meta": dict(model.meta or {})}

@@ -29,9 +29,44 @@ def _load_model(ctx: JobContext, model: str, weights: str | None) -> Any:
         if model.startswith("facenet:"):
             path = Path(ctx.open_model(weights)) if weights else None
             return load_facenet(model.split(":", 1)[1], path, device=ctx.device)
+        if model.startswith("model:") and ctx.model_info(model)["kind"] == "onnx":
+            return load_onnx(ctx, model)
         return load_trained_model(Path(ctx.open_model(model)), model, device=ctx.device)
     except ModelLoadError as exc:
         raise JobInputError(f"model {model}: {exc}") from exc
+
+
+def load_onnx(ctx: JobContext, model: str) -> Any:
+    """An uploaded ONNX model (`POST /models` kind onnx) as a `FaceModel`, with its declared input.
+
+    The file is checked again here (`ml.export.onnx_model.load_onnx_model`: standard operators only,
+    no external data, the declared size, a probe batch) before onnxruntime runs it.
+    """
+    from ml.arcface.model import Normalization
+    from ml.export.onnx_model import OnnxModelError, load_onnx_model
+
+    info = ctx.model_info(model)
+    if info["kind"] != "onnx":
+        raise JobInputError(f"model {model} is an upload of kind {info['kind']}, not an onnx embedding model")
+    meta = info["meta"]
+    path = Path(ctx.open_model(model)) / info["filename"]
+    try:
+        norm = Normalization.from_json(meta["normalize"])
+        return load_onnx_model(
+            path,
+            model,
+            tuple(meta["input_size"]),
+            int(meta["in_channels"]),
+            norm,
+            embedding_size=meta.get("embedding_size"),
+            align_size=int(meta.get("align_size", 112)),
+            warp=str(meta.get("warp", "none")),
+            threshold=meta.get("threshold"),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, OnnxModelError):
+            raise JobInputError(f"model {model}: {exc}") from exc
+        raise JobInputError(f"model {model}: its declared input is incomplete ({exc}); upload it again") from exc
 
 
 def _detector_settings(p: EmbedParams | VerifyParams, faces: str) -> Any:

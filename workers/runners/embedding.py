@@ -130,10 +130,22 @@ def run_evaluate(ctx: JobContext) -> dict[str, Any]:
     from ml.metrics.verification import VerificationError
 
     p = params_as(ctx, EvaluateParams)
-    try:
-        backbone, _, config = load_trained(ctx.open_model(p.model), device=ctx.device)
-    except TrainedModelError as exc:
-        raise JobInputError(f"model {p.model}: {exc}") from exc
+    if p.model.startswith("model:") and ctx.model_info(p.model)["kind"] == "onnx":  # its declared input
+        from workers.runners.embed import load_onnx
+
+        onnx_model = load_onnx(ctx, p.model)
+        backbone = onnx_model.module
+        config = {
+            "image_size": list(onnx_model.input_size),
+            "in_channels": onnx_model.in_channels,
+            "normalize": onnx_model.normalize.to_json(),
+            "warp": onnx_model.warp,
+        }
+    else:
+        try:
+            backbone, _, config = load_trained(ctx.open_model(p.model), device=ctx.device)
+        except TrainedModelError as exc:
+            raise JobInputError(f"model {p.model}: {exc}") from exc
     channels = "grey" if int(config["in_channels"]) == 1 else "rgb"
     dataset = _load(ctx, p.dataset, tuple(config["image_size"]), channels)
     note = "all images"
