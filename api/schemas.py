@@ -232,6 +232,22 @@ class VerifyFace(BaseModel):
     prob: float
     image_width: int
     image_height: int
+    landmarks: list[list[float]] | None = Field(
+        None, description="The 5 landmarks [x, y] in the image's pixels: eyes, nose, mouth corners."
+    )
+    crop: str | None = Field(None, description="The job's artifact holding the aligned crop the model embedded (PNG).")
+    view: str | None = Field(
+        None, description="The job's artifact holding the image as decoded (PNG, at most 640 a side)."
+    )
+
+
+class VerifyEvaluation(BaseModel):
+    """The model's own evaluation at its threshold (its metrics.json): k-fold accuracy on held-out pairs."""
+
+    accuracy: float
+    accuracy_std: float | None = None
+    auc: float | None = None
+    num_pairs: int | None = None
 
 
 class VerifyResult(BaseModel):
@@ -245,6 +261,9 @@ class VerifyResult(BaseModel):
     threshold_source: str = Field(description='"model metrics" (1 - the evaluated similarity threshold) or "params".')
     model: str
     faces: dict[str, VerifyFace] = Field(description="image_a and image_b: the face each image gave.")
+    evaluation: VerifyEvaluation | None = Field(
+        None, description="The model's verification accuracy at the threshold used (null: a threshold from params)."
+    )
 
 
 class VerifyPending(BaseModel):
