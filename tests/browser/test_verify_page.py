@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
-from jobs.states import JobStatus
+from jobs.models import Model, new_id
+from jobs.states import JobStatus, utcnow
 from tests.support.browser import LiveDashboard
 from tests.support.faces import orl_model_folder
 from tests.support.pages import as_png, refused_uploads, register_evaluated_model
-from tests.support.seed import add_job
+from tests.support.seed import add_job, owner_id
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -152,8 +153,18 @@ def test_corrupt_files_bombs_and_big_files_get_a_clear_message(
     face = as_png(orl_dir / "s1" / "1.pgm", tmp_path / "face.png")
     big = tmp_path / "big.png"
     big.write_bytes(face.read_bytes() + b"\0" * (8 * 1024 * 1024))
+    with live.stack.session() as s:  # FaceNet weights of the key: offered with a threshold to give
+        s.add(Model(id=new_id(), owner_id=owner_id(live.stack), name="vgg", kind="facenet", key="models/x/w.pt",
+                    filename="w.pt", size=1, sha256="0", created_at=utcnow()))  # fmt: skip
     page = live.page("/ui/verify")
     error = page.locator("#v-error")
+    page.locator('#v-model option[value="facenet:vggface2"]').wait_for(state="attached")
+    assert page.eval_on_selector_all("#v-model option", "os => os.map(o => o.value)") == [
+        model, "facenet:vggface2", "facenet:casia-webface"]  # fmt: skip
+    assert page.locator("#v-threshold").is_hidden()
+    page.select_option("#v-model", "facenet:vggface2")
+    assert page.locator("#v-threshold").is_visible() and page.locator("#v-threshold").evaluate("e => e.required")
+    page.select_option("#v-model", model)
     cases = {
         "corrupt": (bad["corrupt"], r"^Refused: image A \(corrupt\.png\) is corrupt or not an image \(PNG, JPEG.*\): "
                     r"not a decodable image \(\w+: .*\)$"),
