@@ -4,6 +4,7 @@ embedding downloaded as JSON and as .npy (built in the browser); and the clear r
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -53,7 +54,7 @@ def test_search_one_image_against_an_orl_gallery(
 ) -> None:
     live = live_dashboard
     stack = live.stack
-    if "/search" not in {getattr(r, "path", None) for r in stack.app.routes}:
+    if importlib.util.find_spec("api.routes.search") is None:
         pytest.skip("POST /search and the index kind (helper C's branch) are not in this tree yet")
     _, trained_on = orl_model_folder(orl_dir)
     people = trained_on[:6]
