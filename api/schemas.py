@@ -167,6 +167,56 @@ class DatasetsPage(BaseModel):
     next_cursor: str | None
 
 
+class DatasetFace(BaseModel):
+    """One face an embed job found in a file: box and landmarks in the image's pixels."""
+
+    face: int
+    box: list[float | None]
+    landmarks: list[list[float | None]] | None
+    prob: float | None
+    image_width: int
+    image_height: int
+
+
+class DatasetFailure(BaseModel):
+    reason: str = Field(description="undecodable, no_face, too_large, too_small or not_image.")
+    detail: str
+
+
+class DatasetFile(BaseModel):
+    path: str = Field(description='The path inside the dataset ("s1/1.pgm"); `dataset:<id>/<path>` names it.')
+    identity: str = Field(description='Its folder (the person) in an "identities" dataset; "" in a flat one.')
+    thumbnail: str = Field(description="GET this (with your key) for a PNG thumbnail.")
+    faces: list[DatasetFace] | None = Field(description="The embed job's faces in it (null: no embed job asked).")
+    failure: DatasetFailure | None = Field(description="Why the embed job could not use it, if it could not.")
+
+
+class IdentityCount(BaseModel):
+    name: str
+    files: int
+
+
+class EmbedSummary(BaseModel):
+    job_id: str
+    files: int
+    faces: int
+    failures: int
+    failure_reasons: dict[str, int]
+
+
+class DatasetFilesPage(BaseModel):
+    """Files of a dataset in natural order; pass `next_offset` back as `offset` for the next page."""
+
+    dataset_id: str
+    total: int = Field(description="Files matching the filters (identity, failed).")
+    offset: int
+    limit: int
+    next_offset: int | None
+    identities: list[IdentityCount] = Field(description="Every identity of the dataset with its file count.")
+    embed: EmbedSummary | None
+    data: list[DatasetFile]
+
+
 # ---- models -----------------------------------------------------------------------------------
 class ModelPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -237,6 +287,22 @@ class VerifyFace(BaseModel):
     prob: float
     image_width: int
     image_height: int
+    landmarks: list[list[float]] | None = Field(
+        None, description="The 5 landmarks [x, y] in the image's pixels: eyes, nose, mouth corners."
+    )
+    crop: str | None = Field(None, description="The job's artifact holding the aligned crop the model embedded (PNG).")
+    view: str | None = Field(
+        None, description="The job's artifact holding the image as decoded (PNG, at most 640 a side)."
+    )
+
+
+class VerifyEvaluation(BaseModel):
+    """The model's own evaluation at its threshold (its metrics.json): k-fold accuracy on held-out pairs."""
+
+    accuracy: float
+    accuracy_std: float | None = None
+    auc: float | None = None
+    num_pairs: int | None = None
 
 
 class VerifyResult(BaseModel):
@@ -250,6 +316,9 @@ class VerifyResult(BaseModel):
     threshold_source: str = Field(description='"model metrics" (1 - the evaluated similarity threshold) or "params".')
     model: str
     faces: dict[str, VerifyFace] = Field(description="image_a and image_b: the face each image gave.")
+    evaluation: VerifyEvaluation | None = Field(
+        None, description="The model's verification accuracy at the threshold used (null: a threshold from params)."
+    )
 
 
 class VerifyPending(BaseModel):

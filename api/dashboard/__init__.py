@@ -105,6 +105,25 @@ def datasets_page(request: Request) -> HTMLResponse:
     return _page(request, "datasets.html", "datasets", "Datasets")
 
 
+@router.get("/ui/verify", response_class=HTMLResponse)
+def verify_page(request: Request) -> HTMLResponse:
+    """Two images, one model: each face drawn, the aligned crops, distance against the threshold."""
+    return _page(request, "verify.html", "verify", "Verify")
+
+
+@router.get("/ui/search", response_class=HTMLResponse)
+def search_page(request: Request) -> HTMLResponse:
+    """One image: every face, its embedding (JSON, .npy) and its top 5 matches in an index."""
+    return _page(request, "search.html", "search", "Embed and search")
+
+
+@router.get("/ui/datasets/{dataset_id}", response_class=HTMLResponse)
+def dataset_page(request: Request, dataset_id: str) -> HTMLResponse:
+    """One dataset's thumbnails per identity, with an embed job's detections and failures."""
+    dataset_id = dataset_id[:200]
+    return _page(request, "dataset.html", "datasets", f"Dataset {dataset_id[:8]}", dataset_id=dataset_id)
+
+
 @router.get("/ui/workers", response_class=HTMLResponse)
 def workers_page(request: Request) -> HTMLResponse:
     """Workers, their devices and heartbeats."""

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote
 
-from fastapi import Query, Request
+from fastapi import Path as PathParam
+from fastapi import Query, Request, Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from api import dataset_files
 from api.deps import CurrentKey, DatasetDep, SessionDep, SettingsDep, StoreDep
 from api.errors import ApiError
 from api.ingest import clean_name, ingest_dataset
 from api.pagination import check_limit, keyset, page
 from api.routes import keyed_router
 from api.routes.uploading import multipart_body, upload_dir
-from api.schemas import DatasetCreated, DatasetPublic, DatasetsPage, ErrorBody
+from api.schemas import DatasetCreated, DatasetFilesPage, DatasetPublic, DatasetsPage, EmbedSummary, ErrorBody
 from api.uploads import receive_multipart
 from jobs.models import Dataset
 
@@ -79,3 +82,94 @@ def list_datasets(
 def read_dataset(dataset: DatasetDep) -> Dataset:
     """One dataset: layout, file and identity counts, and its `dataset:<id>` reference."""
     return dataset
+
+
+@router.get(
+    "/{dataset_id}/files",
+    response_model=DatasetFilesPage,
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+)
+def list_dataset_files(
+    dataset: DatasetDep,
+    key: CurrentKey,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    identity: Annotated[str | None, Query(max_length=512, description="Only this identity's files.")] = None,
+    embed: Annotated[
+        str | None, Query(max_length=80, description="job:<id> of a succeeded embed job of this dataset.")
+    ] = None,
+    failed: Annotated[bool, Query(description="Only the files the embed job could not use.")] = False,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1)] = 48,
+) -> DatasetFilesPage:
+    """A page of the dataset's files (natural order), each with its thumbnail route and, given an
+    embed job of this dataset, the faces it found there (box, landmarks) or why it failed."""
+    check_limit(limit, settings.page_size_max)
+    keys = dataset_files.dataset_keys(dataset)
+    counts: dict[str, int] = {}
+    for k in keys:
+        name = dataset_files.identity_of(dataset, k)
+        counts[name] = counts.get(name, 0) + 1
+    tables, summary = None, None
+    if embed is not None:
+        job = dataset_files.embed_job_for(session, key, dataset, embed)
+        tables = dataset_files.embed_tables(session, store, job)
+        reasons: dict[str, int] = {}
+        for reason, _ in tables.failures.values():
+            reasons[reason] = reasons.get(reason, 0) + 1
+        faces = sum(len(v) for v in tables.faces.values())
+        summary = EmbedSummary(
+            job_id=job.id, files=len(keys), faces=faces, failures=len(tables.failures), failure_reasons=reasons
+        )
+    elif failed:
+        raise ApiError(422, "embed_required", "failed=true needs embed=job:<id> (whose failures to list)")
+    if identity is not None:
+        keys = [k for k in keys if dataset_files.identity_of(dataset, k) == identity]
+    if failed and tables is not None:
+        keys = [k for k in keys if k in tables.failures]
+    chunk = keys[offset : offset + limit]
+    data = []
+    for k in chunk:
+        fail = tables.failures.get(k) if tables is not None else None
+        data.append(
+            {
+                "path": k,
+                "identity": dataset_files.identity_of(dataset, k),
+                "thumbnail": f"/datasets/{dataset.id}/thumbnails/{quote(k)}",
+                "faces": tables.faces.get(k, []) if tables is not None else None,
+                "failure": {"reason": fail[0], "detail": fail[1]} if fail else None,
+            }
+        )
+    return DatasetFilesPage(
+        dataset_id=dataset.id,
+        total=len(keys),
+        offset=offset,
+        limit=limit,
+        next_offset=offset + limit if offset + limit < len(keys) else None,
+        identities=[{"name": n, "files": c} for n, c in counts.items()],
+        embed=summary,
+        data=data,
+    )
+
+
+@router.get(
+    "/{dataset_id}/thumbnails/{path:path}",
+    response_class=Response,
+    responses={
+        200: {"description": "A PNG at most `size` pixels a side.", "content": {"image/png": {}}},
+        400: {"model": ErrorBody},
+        404: {"model": ErrorBody},
+        413: {"model": ErrorBody},
+    },
+)
+def read_thumbnail(
+    dataset: DatasetDep,
+    path: Annotated[str, PathParam(max_length=1024, description="The image's path inside the dataset.")],
+    settings: SettingsDep,
+    store: StoreDep,
+    size: Annotated[int, Query(ge=dataset_files.THUMB_SIDES[0], le=dataset_files.THUMB_SIDES[1])] = 160,
+) -> Response:
+    """One of the dataset's images, decoded from the store and shrunk to a PNG thumbnail."""
+    png = dataset_files.thumbnail(store, dataset, path, size, settings.max_image_pixels)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

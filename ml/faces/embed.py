@@ -15,7 +15,8 @@
 The result holds float32 L2-normalised embeddings (N x d), one index row per face (key, face
 number, box, landmarks, detection probability, model, alignment settings) and the failures;
 `EmbedResult.write(folder)` stores embeddings.npy, index.csv, failures.csv and config.json.
-`embed_image(data, ...)` embeds the largest face of one encoded image (verification).
+`embed_image(data, ...)` embeds the largest face of one encoded image (verification);
+`embed_image_face` also gives the aligned crop.
 
 The checkpoint holds every finished chunk's embeddings (d * 4 bytes a face), so it grows with the
 run: fine up to a few hundred thousand faces per job; split larger datasets into several jobs.
@@ -289,6 +290,17 @@ def _assemble(parts: list[dict[str, Any]], model: FaceModel, settings: EmbedSett
     return EmbedResult(embeddings.astype(np.float32, copy=False), rows, failures, config)
 
 
+@dataclass
+class ImageFace:
+    """The largest face of one image: its embedding (d,), index row (box, landmarks, ...), the
+    aligned crop (3, S, S) in [0, 1] that the model embedded, and the decoded image (H, W, 3) uint8."""
+
+    embedding: np.ndarray
+    row: dict[str, Any]
+    crop: torch.Tensor
+    image: np.ndarray
+
+
 def embed_image(
     data: bytes,
     model: FaceModel,
@@ -298,6 +310,19 @@ def embed_image(
     key: str = "image",
 ) -> tuple[np.ndarray, dict[str, Any]] | Failure:
     """The embedding (d,) and index row of the largest face in an encoded image, or a `Failure`."""
+    out = embed_image_face(data, model, settings, device, detector, key)
+    return out if isinstance(out, Failure) else (out.embedding, out.row)
+
+
+def embed_image_face(
+    data: bytes,
+    model: FaceModel,
+    settings: EmbedSettings | None = None,
+    device: torch.device | str = "cpu",
+    detector: FaceDetector | None = None,
+    key: str = "image",
+) -> ImageFace | Failure:
+    """`embed_image`, with the aligned crop the model embedded (what a page shows)."""
     settings = settings or EmbedSettings()
     if detector is not None:
         settings = replace(settings, detector=detector.settings)
@@ -321,4 +346,5 @@ def embed_image(
         return Failure(key, "no_face", str(exc))
     emb = model.embed(crop, cfg.flip_tta)[0].cpu().numpy()
     h, w = decoded.shape[:2]
-    return emb, _face_row(FaceRecord(0, key, 0, w, h, face), model.model_id, cfg)
+    row = _face_row(FaceRecord(0, key, 0, w, h, face), model.model_id, cfg)
+    return ImageFace(emb, row, crop[0].detach().float().cpu().clamp(0, 1), decoded)

@@ -35,6 +35,9 @@ PUBLIC_ROUTES = {
     ("GET", "/ui/workers"),
     ("GET", "/ui/pipelines/{pipeline_id}"),
     ("GET", "/ui/sweeps/{sweep_id}"),
+    ("GET", "/ui/verify"),
+    ("GET", "/ui/search"),
+    ("GET", "/ui/datasets/{dataset_id}"),
     ("MOUNT", "/ui/static"),
 }
 PRIVATE_ROUTES = {
@@ -51,6 +54,8 @@ PRIVATE_ROUTES = {
     ("GET", "/datasets"),
     ("POST", "/datasets"),
     ("GET", "/datasets/{dataset_id}"),
+    ("GET", "/datasets/{dataset_id}/files"),
+    ("GET", "/datasets/{dataset_id}/thumbnails/{path}"),
     ("GET", "/models"),
     ("POST", "/models"),
     ("GET", "/models/{model_id}"),
@@ -99,7 +104,7 @@ def test_every_route_but_the_public_ones_needs_a_valid_key(stack: Any) -> None:
     anonymous = TestClient(stack.app)
     bad_keys = [None, "", "nonsense", "fj_00000000_" + "0" * 32, stack.key + "x", revoked]
     ids = {"job_id": job_id, "dataset_id": "0" * 32, "model_id": "0" * 32, "name": "a.txt", "pipeline_id": "0" * 32,
-           "sweep_id": "0" * 32}  # fmt: skip
+           "sweep_id": "0" * 32, "path": "a.pgm"}  # fmt: skip
     for method, path in sorted(PRIVATE_ROUTES):
         url = fill(path, ids)
         for key in bad_keys:
@@ -123,12 +128,12 @@ def test_another_keys_things_read_as_unknown(stack: Any, orl_dir: Any) -> None:
     model = upload(stack.client, "/models", "w.pt", tiny_weights(), kind="facenet")
     assert (ds.status_code, model.status_code) == (201, 201)
     ds_id, model_id = ds.json()["id"], model.json()["id"]
-    ids = {"job_id": job_id, "dataset_id": ds_id, "model_id": model_id, "name": "x.json"}
+    ids = {"job_id": job_id, "dataset_id": ds_id, "model_id": model_id, "name": "x.json", "path": "a.pgm"}
     unknown_ids = {**ids, "job_id": "f" * 32, "dataset_id": "f" * 32, "model_id": "f" * 32}
 
     # Every keyed route that names one of the owner's things, taken from the app (hidden ones included).
     by_id = sorted((m, p) for m, p in app_routes(stack.app) & PRIVATE_ROUTES if any(o in p for o in OWNED_PARAMS))
-    assert len(by_id) == 10, by_id
+    assert len(by_id) == 12, by_id
     for method, path in by_id:
         url = fill(path, ids)
         if method == "GET":  # the owner reads it, so the other key's 404 is the owner check, not a bad URL

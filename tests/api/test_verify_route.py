@@ -110,6 +110,17 @@ def test_same_person_and_different_people_through_a_worker(
     body = same.json()
     assert_job_verdict(body, local, a, a2, model)
     assert set(body["faces"]) == {"image_a", "image_b"} and body["faces"]["image_a"]["prob"] > 0.95
+    # Each face's 5 landmarks lie in its box; the aligned crop the model embedded is an artifact; the
+    # model's own accuracy at its threshold comes from its metrics.json.
+    for name, face in body["faces"].items():
+        assert len(face["landmarks"]) == 5 and face["crop"] == f"crops/{name}.png"
+        assert all(face["x1"] <= x <= face["x2"] and face["y1"] <= y <= face["y2"] for x, y in face["landmarks"])
+        crop = stack.store.get_bytes(f"jobs/{body['job_id']}/{face['crop']}")
+        assert Image.open(io.BytesIO(crop)).size == (112, 112)
+        view = stack.store.get_bytes(f"jobs/{body['job_id']}/{face['view']}")
+        assert Image.open(io.BytesIO(view)).size == (face["image_width"], face["image_height"]) == (92, 112)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert body["evaluation"] == {k: metrics[k] for k in ("accuracy", "accuracy_std", "auc", "num_pairs")}
 
     # The second image by reference to the caller's dataset, through the client.
     with Client("http://testserver", stack.key, http=stack.client) as client:

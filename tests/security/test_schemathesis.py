@@ -28,6 +28,7 @@ HIDDEN_FROM_SCHEMA = {
     ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc"),
     ("GET", "/"), ("GET", "/ui/jobs/{job_id}"), ("GET", "/ui/submit"), ("GET", "/ui/datasets"),
     ("GET", "/ui/workers"), ("MOUNT", "/ui/static"), ("GET", "/ui/links/jobs/{job_id}/artifacts/{name}"),
+    ("GET", "/ui/verify"), ("GET", "/ui/search"), ("GET", "/ui/datasets/{dataset_id}"),
 }  # fmt: skip
 EXAMPLES_PER_OPERATION = 12  # x 2 modes x 19 operations: about 450 requests
 

@@ -147,13 +147,61 @@ def _image_bytes(ctx: JobContext, ref: str, name: str) -> bytes:
     return path.read_bytes()
 
 
+def _evaluation(ctx: JobContext, model: str) -> dict[str, Any] | None:
+    """What the model's metrics.json says about its threshold: the k-fold verification accuracy on
+    its held-out pairs there (with its spread, the AUC and the number of pairs); None without one."""
+    import json
+
+    if not model.startswith("job:"):
+        return None
+    path = Path(ctx.open_model(model)) / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text()) if path.is_file() and path.stat().st_size < 16 << 20 else {}
+    except ValueError:
+        return None
+    keys = ("accuracy", "accuracy_std", "auc", "num_pairs")
+    out = {k: metrics[k] for k in keys if isinstance(metrics.get(k), int | float)}
+    return out if "accuracy" in out else None
+
+
+VIEW_SIDE = 640  # the longest side of the image a page draws the face on
+
+
+def _png(image: Any) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _face_summary(ctx: JobContext, name: str, face: Any) -> dict[str, Any]:
+    """Box, landmarks and image size of the face found in one image; as PNG artifacts its aligned
+    crop (the pixels the model embedded, `crops/<name>.png`) and the image as decoded, at most
+    VIEW_SIDE a side (`views/<name>.png`: what a page draws the box on, whatever the upload's format)."""
+    from PIL import Image
+
+    row = face.row
+    out = {k: row[k] for k in ("x1", "y1", "x2", "y2", "prob", "image_width", "image_height")}
+    out["landmarks"] = [[float(row[f"lm{i}_x"]), float(row[f"lm{i}_y"])] for i in range(5)]
+    pixels = face.crop.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy().copy()
+    out["crop"], out["view"] = f"crops/{name}.png", f"views/{name}.png"
+    ctx.put_artifact(
+        out["crop"], _png(Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)), "image/png"
+    )
+    view = Image.fromarray(face.image)
+    view.thumbnail((VIEW_SIDE, VIEW_SIDE))
+    ctx.put_artifact(out["view"], _png(view), "image/png")
+    return out
+
+
 def run_verify(ctx: JobContext) -> dict[str, Any]:
     """Embed the largest face of each image; cosine distance against the threshold -> same or not."""
     import numpy as np
 
     from ml.faces.decode import DecodeLimits, Failure
     from ml.faces.detect import make_detector
-    from ml.faces.embed import EmbedSettings, embed_image
+    from ml.faces.embed import EmbedSettings, embed_image_face
 
     p = params_as(ctx, VerifyParams)
     model = _load_model(ctx, p.model, p.weights)
@@ -177,11 +225,11 @@ def run_verify(ctx: JobContext) -> dict[str, Any]:
     embeddings, faces = [], {}
     for name in ("image_a", "image_b"):
         data = _image_bytes(ctx, getattr(p, name), name)
-        out = embed_image(data, model, settings, ctx.device, detector, key=name)
+        out = embed_image_face(data, model, settings, ctx.device, detector, key=name)
         if isinstance(out, Failure):
             raise JobInputError(f"{name}: {out.reason}: {out.detail}")
-        embeddings.append(out[0])
-        faces[name] = {k: out[1][k] for k in ("x1", "y1", "x2", "y2", "prob", "image_width", "image_height")}
+        embeddings.append(out.embedding)
+        faces[name] = _face_summary(ctx, name, out)
     similarity = float(np.dot(embeddings[0].astype(np.float64), embeddings[1].astype(np.float64)))
     distance = 1.0 - similarity
     return {
@@ -192,4 +240,5 @@ def run_verify(ctx: JobContext) -> dict[str, Any]:
         "same": distance <= threshold,
         "model": model.model_id,
         "faces": faces,
+        "evaluation": _evaluation(ctx, p.model) if source == "model metrics" else None,
     }

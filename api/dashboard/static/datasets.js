@@ -10,7 +10,7 @@
   function renderList() {
     const body = $("#ds-table tbody");
     setChildren(body, list.items.map((d) => el("tr", { "data-id": d.id },
-      el("td", {}, d.name),
+      el("td", {}, el("a", { href: "/ui/datasets/" + encodeURIComponent(d.id) }, d.name)),
       el("td", {}, el("code", { class: "mono copy", title: "click to copy", onclick: () => copy(d.ref || "dataset:" + d.id) },
         d.ref || "dataset:" + d.id)),
       el("td", {}, d.layout),
