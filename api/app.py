@@ -13,7 +13,7 @@ from api.dashboard import router as dashboard_router
 from api.errors import install_error_handlers
 from api.limits import BodyLimitMiddleware
 from api.metrics import build_registry
-from api.routes import artifacts, datasets, health, jobs, kinds, models, verify, workers
+from api.routes import artifacts, compare, datasets, health, job_labels, jobs, kinds, models, retention, verify, workers
 from jobs.broker import get_celery, make_celery
 from jobs.settings import Settings, get_settings
 
@@ -40,8 +40,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max(JSON_BODY_MIN_BYTES, 4 * settings.max_params_bytes))
-    for module in (jobs, artifacts, kinds, datasets, models, verify, workers, health):
+    for module in (job_labels, jobs, retention, artifacts, kinds, datasets, models, verify, workers, compare, health):
         app.include_router(module.router)
+    app.include_router(retention.keys_router)
     app.include_router(dashboard_router)
     mount_static(app)
     return app
