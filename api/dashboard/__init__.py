@@ -111,6 +111,12 @@ def workers_page(request: Request) -> HTMLResponse:
     return _page(request, "workers.html", "workers", "Workers")
 
 
+@router.get("/ui/compare", response_class=HTMLResponse)
+def compare_page(request: Request) -> HTMLResponse:
+    """Jobs side by side (`?ids=a,b,c`, a shareable URL); the data comes from `GET /compare` in the browser."""
+    return _page(request, "compare.html", "compare", "Compare jobs")
+
+
 def mount_static(app: FastAPI) -> None:
     """Serve the dashboard's scripts and stylesheet under `/ui/static`."""
     app.mount(STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="dashboard-static")

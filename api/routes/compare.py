@@ -55,11 +55,13 @@ def load_runs(session: Session, owner_id: str, ids: list[str]) -> list[JobRun]:
         if isinstance(data, dict):
             events[job_id].append(data)
     plots: dict[str, list[dict[str, str]]] = defaultdict(list)
-    arts = select(Artifact.job_id, Artifact.name, Artifact.content_type).where(
+    arts = select(Artifact.job_id, Artifact.name, Artifact.content_type, Artifact.sha256).where(
         Artifact.job_id.in_(ids), Artifact.content_type.like("image/%")
     )
-    for job_id, name, ctype in session.execute(arts.order_by(Artifact.job_id, Artifact.name)):
-        plots[job_id].append({"name": name, "content_type": ctype, "url": f"/jobs/{job_id}/artifacts/{name}"})
+    for job_id, name, ctype, sha in session.execute(arts.order_by(Artifact.job_id, Artifact.name)):
+        plots[job_id].append(
+            {"name": name, "content_type": ctype, "sha256": sha, "url": f"/jobs/{job_id}/artifacts/{name}"}
+        )
     runs = []
     for i in ids:
         j = jobs[i]

@@ -51,6 +51,13 @@ def has_tags(dialect: str, tags: list[str]) -> ColumnElement[bool]:
     return and_(*conditions)
 
 
+def name_starts(dialect: str, prefix: str) -> ColumnElement[bool]:
+    """Jobs whose name starts with `prefix`, case counting (SQLite's LIKE ignores case, so it compares a slice)."""
+    if dialect == "sqlite":
+        return func.substr(Job.name, 1, len(prefix)) == prefix
+    return Job.name.like(like_escape(prefix) + "%", escape="\\")
+
+
 def text_match(q: str) -> ColumnElement[bool]:
     """Jobs whose name, notes or kind contain `q`, ignoring case."""
     pattern = f"%{like_escape(q)}%"
@@ -79,7 +86,7 @@ def filtered_jobs(
     if tags:
         stmt = stmt.where(has_tags(session.get_bind().dialect.name, tags))
     if name_prefix:
-        stmt = stmt.where(Job.name.like(like_escape(name_prefix) + "%", escape="\\"))
+        stmt = stmt.where(name_starts(session.get_bind().dialect.name, name_prefix))
     if q:
         stmt = stmt.where(text_match(q))
     if created_after is not None:

@@ -61,8 +61,11 @@ def family(session: Session, job: Job) -> list[Job]:
 def delete_objects(session: Session, store: Store, ids: list[str]) -> int:
     """Delete every object under `jobs/<id>/` of each job (artifact rows name some; checkpoints, inputs too)."""
     keys = {k for i in ids for k in store.list(f"jobs/{i}")}
-    # Artifacts whose key lies outside the job's folder (none today) go too.
-    keys |= set(session.scalars(select(Artifact.key).where(Artifact.job_id.in_(ids))))
+    # Artifacts whose key lies outside the job's folder (none today) go too; inside it, listing found them.
+    folders = tuple(f"jobs/{i}/" for i in ids)
+    keys |= {
+        k for k in session.scalars(select(Artifact.key).where(Artifact.job_id.in_(ids))) if not k.startswith(folders)
+    }
     for key in sorted(keys):
         store.delete(key)
     return len(keys)
