@@ -74,9 +74,7 @@ class JobCreate(BaseModel):
         None, ge=1, le=100, description="Attempts before the job fails (preemptions do not count)."
     )
     name: JobName | None = Field(None, description="A name for people (<= 200 characters); not unique.")
-    tags: Tags = Field(
-        default_factory=list, description="Up to 32 tags of <= 64 characters of A-Z a-z 0-9 _ . : -"
-    )
+    tags: Tags = Field(default_factory=list, description="Up to 32 tags of <= 64 characters of A-Z a-z 0-9 _ . : -")
     notes: JobNotes | None = Field(None, description="Free text (<= 10,000 characters), searched by `q`.")
 
 
