@@ -112,7 +112,8 @@ def grow(engine: Any, have: int, want: int, owner: str, other: str) -> None:
             "INSERT INTO artifacts (id, job_id, name, key, size, sha256, content_type, created_at) "
             "SELECT md5(j.id || a.name), j.id, a.name, 'jobs/' || j.id || '/' || a.name, 1000, md5(j.id), a.ctype, "
             "j.created_at FROM (SELECT id, created_at FROM jobs ORDER BY created_at DESC LIMIT :n) j, "
-            "(VALUES ('result.json', 'application/json', 10), ('plots/roc.png', 'image/png', 40)) a(name, ctype, every) "
+            "(VALUES ('result.json', 'application/json', 10), ('plots/roc.png', 'image/png', 40)) "
+            "a(name, ctype, every) "
             "WHERE abs(hashtext(j.id)) % a.every = 0"
         ), {"n": want - have})  # fmt: skip
     with engine.connect() as conn:
@@ -207,6 +208,7 @@ def scenarios(size: int, sweep: list[str], cursor: str) -> dict[str, str]:
         "tag=sweep:N (6 jobs)": f"/jobs?limit=50&tag=sweep:{size // 12}",
         "two tags (1/24)": f"/jobs?limit=50&tag={COMMON_TAG}&tag={MEDIUM_TAG}",
         "name_prefix": "/jobs?limit=50&name_prefix=invert%20lr%3D0.3%20seed%3D1%20%231",  # i = 1 mod 30, "#1..."
+        "name_prefix broad (1/6)": "/jobs?limit=50&name_prefix=invert",
         "q common word": "/jobs?limit=50&q=kaba",
         f"q rare word ({RARE})": f"/jobs?limit=50&q={RARE}",
         "created 1 h window": f"/jobs?limit=50&created_after={mid}&created_before={end}",
@@ -218,7 +220,7 @@ def scenarios(size: int, sweep: list[str], cursor: str) -> dict[str, str]:
 def report(results: dict[str, Any]) -> None:
     for size, rows in results["sizes"].items():
         print(f"\n{int(size):,} jobs")
-        print(f"| scenario | p50 ms | p99 ms | x plain | rows | index only | plan |\n|---|---:|---:|---:|---:|---|---|")
+        print("| scenario | p50 ms | p99 ms | x plain | rows | index only | plan |\n|---|---:|---:|---:|---:|---|---|")
         base = rows["plain"]["p50_ms"]
         for name, r in rows.items():
             print(f"| {name} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p50_ms'] / base:.2f} | {r['rows']} | "

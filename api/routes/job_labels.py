@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Query
-from sqlalchemy import ColumnElement, Select, and_, cast, func, literal, or_, select
+from sqlalchemy import ColumnElement, Select, and_, cast, func, literal, literal_column, or_, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -98,6 +98,19 @@ def filtered_jobs(
     return stmt
 
 
+def order_column(session: Session, name_prefix: str | None) -> ColumnElement[datetime] | Any:
+    """`created_at`, or with a name prefix on PostgreSQL the same value as an expression.
+
+    A prefix names an experiment, whose jobs were made together: walking the (owner, created_at) index
+    newest first until 50 match (the plan the estimate picks) then reads every newer job, 127 ms at
+    100,000 jobs in bench/poll.py. Ordering by an expression makes the planner find the matches by the
+    name index and sort them instead: the cost follows the number of matches, not the table.
+    """
+    if name_prefix and session.get_bind().dialect.name == "postgresql":
+        return Job.created_at + literal_column("interval '0'")
+    return Job.created_at
+
+
 @router.get("", response_model=JobsPage)
 def list_jobs(
     key: CurrentKey,
@@ -126,7 +139,7 @@ def list_jobs(
         session, key.id, status=status_, kind=kind, tags=tag, name_prefix=name_prefix, q=q,
         created_after=created_after, created_before=created_before, parent_id=parent_id,
     )  # fmt: skip
-    rows = session.scalars(keyset(stmt, Job.created_at, Job.id, cursor, limit)).all()
+    rows = session.scalars(keyset(stmt, order_column(session, name_prefix), Job.id, cursor, limit)).all()
     data, next_cursor = page(rows, limit)
     return JobsPage(data=[JobPublic.model_validate(j) for j in data], next_cursor=next_cursor)
 

@@ -87,6 +87,11 @@ def test_list_filters_tags_name_prefix_text_and_time(stack: Any) -> None:
     assert ids_of(stack, tag="lr:0") == []  # tags match whole, not by prefix
     assert ids_of(stack, name_prefix="resnet lr=0.1") == [ids[1], ids[0]]
     assert ids_of(stack, name_prefix="Resnet") == []  # a prefix is case-sensitive
+    r = stack.client.get("/jobs", params={"name_prefix": "resnet", "limit": 2}).json()  # pages as every filter does
+    r2 = stack.client.get("/jobs", params={"name_prefix": "resnet", "limit": 2, "cursor": r["next_cursor"]}).json()
+    assert ([j["id"] for j in r["data"]], [j["id"] for j in r2["data"]], r2["next_cursor"]) == (
+        [ids[2], ids[1]], [ids[0]], None,
+    )  # fmt: skip
     assert ids_of(stack, q="BASELINE") == [ids[0]]  # notes, any case
     assert ids_of(stack, q="diverged") == [ids[2]]
     assert ids_of(stack, q="seed 0") == [ids[2], ids[0]]  # name

@@ -63,14 +63,16 @@ def test_compare_three_real_jobs_from_the_jobs_table(live_dashboard: LiveDashboa
         assert chart.locator("path.series").count() == 3
         assert len(set(chart.locator("path.series").evaluate_all("ps => ps.map(p => p.getAttribute('stroke'))"))) == 3
     legend = page.locator('figure.chart.multi[data-metric="loss"] .legend-item').all_inner_texts()
-    assert [t.split(" (")[0] for t in legend] == [next(r[0] for r in RUNS if by_id[i] == r[1:]) for i in order]
+    assert [t.split(" (")[0].strip() for t in legend] == [next(r[0] for r in RUNS if by_id[i] == r[1:]) for i in order]
 
     # Final metrics and the groups (over seeds) agree with the jobs' own results.
     data = stack.client.get("/compare", params={"ids": ",".join(order)}).json()
     base = [j["result"]["accuracy"] for j in jobs[:2]]
     group = next(g for g in data["groups"] if g["params"] == {"lr": 0.1})
     assert group["n"] == 2 and group["metrics"]["accuracy"] == {
-        "n": 2, "mean": statistics.fmean(base), "std": statistics.stdev(base)
+        "n": 2,
+        "mean": statistics.fmean(base),
+        "std": statistics.stdev(base),
     }
     assert page.locator("#c-groups tr").count() == 3  # the header and two groups
     plots = page.locator("#c-plots img.plot")
