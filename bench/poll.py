@@ -67,7 +67,7 @@ def job_rows(start: int, n: int, owner: str, other: str, rng: random.Random) -> 
         status = STATUSES[i % len(STATUSES)]
         result = metrics if status == "succeeded" else None
         yield (secrets.token_hex(16), kind, json.dumps({"lr": lr, "seed": seed, "epochs": 3}), status, 0, "gpu",
-               other if i % 10 == 9 else owner, f"{kind} lr={lr} seed={seed} #{i}", json.dumps(tags), notes or None,
+               other if i % 10 == 9 else owner, f"{kind} lr={lr} seed={seed} #{i}", tags, notes or None,
                1, 0, 0, 0, 3, False, 3, 3, metrics, result, created, created)  # fmt: skip
 
 
@@ -130,7 +130,7 @@ def add_sweep(engine: Any, owner: str, when: datetime) -> list[str]:
                 "INSERT INTO jobs (id, kind, params, status, priority, queue, owner_id, name, tags, attempt, "
                 "preemptions, attempt_base, reaped, max_attempts, cancel_requested, progress_step, progress_total, "
                 "metrics, result, created_at, updated_at) VALUES (:id, 'train_embedding', CAST(:p AS json), "
-                "'succeeded', 0, 'gpu', :o, :name, CAST('[\"bench-sweep\"]' AS jsonb), 1, 0, 0, 0, 3, false, 100, "
+                "'succeeded', 0, 'gpu', :o, :name, ARRAY['bench-sweep'], 1, 0, 0, 0, 3, false, 100, "
                 "100, CAST(:m AS json), CAST(:m AS json), :t, :t)"
             ), {"id": jid, "p": params, "o": owner, "name": f"sweep child {n}", "t": when,
                 "m": json.dumps({"loss": 1.0 / (n + 1), "accuracy": n / 20})})  # fmt: skip

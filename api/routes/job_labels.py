@@ -1,20 +1,19 @@
 """Jobs' labels (name, tags, notes): the filtered list `GET /jobs` and `PATCH /jobs/{id}`.
 
 Every filter narrows the same keyset page (newest first, `api/pagination.py`) and each has an index on
-PostgreSQL (migration 0003_job_labels): `tag` is JSONB containment under a GIN index, `q` an ILIKE over
+PostgreSQL (migration 0003_job_labels): `tag` is array containment under a GIN index, `q` an ILIKE over
 name, notes and kind under pg_trgm GIN indexes, `name_prefix` a pattern-ops btree; `bench/poll.py`
 checks the plans. On SQLite the same filters are LIKE and json_each scans.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Query
-from sqlalchemy import ColumnElement, Select, and_, cast, func, literal, literal_column, or_, select
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import ColumnElement, Select, String, and_, cast, func, literal, literal_column, or_, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from api.deps import CurrentKey, JobDep, SessionDep, SettingsDep
@@ -42,7 +41,7 @@ def _naive_utc(value: datetime) -> datetime:
 def has_tags(dialect: str, tags: list[str]) -> ColumnElement[bool]:
     """Jobs carrying every one of `tags`."""
     if dialect == "postgresql":
-        contains: ColumnElement[bool] = Job.tags.op("@>")(cast(literal(json.dumps(tags)), JSONB))
+        contains: ColumnElement[bool] = Job.tags.op("@>")(cast(literal(tags, ARRAY(String(64))), ARRAY(String(64))))
         return contains
     conditions = []
     for tag in tags:
