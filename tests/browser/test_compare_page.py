@@ -40,6 +40,7 @@ def test_compare_three_real_jobs_from_the_jobs_table(live_dashboard: LiveDashboa
     assert page.locator("#f-tags .chip").all_inner_texts() == ["cmp ×"]
     assert page.locator("#jobs-body td.c-name .name").all_inner_texts() == [r[0] for r in RUNS][::-1]
     page.check("#pick-all")
+    page.screenshot(path=str(artifacts_dir / "dashboard-jobs-tagged.png"))
     assert page.locator("#btn-compare").inner_text() == "Compare selected (3)"
     page.click("#btn-compare")
     page.wait_for_url("**/ui/compare?ids=*")
