@@ -35,7 +35,10 @@ def like_escape(text: str) -> str:
 
 def _naive_utc(value: datetime) -> datetime:
     # The database holds naive UTC; a caller's offset is honoured, a naive value is read as UTC.
-    return value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
+    try:
+        return value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before the first representable instant
+        raise ApiError(422, "invalid_time", f"{value.isoformat()} is out of range in UTC") from None
 
 
 def has_tags(dialect: str, tags: list[str]) -> ColumnElement[bool]:

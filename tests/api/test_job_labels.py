@@ -117,6 +117,8 @@ def test_list_filters_tags_name_prefix_text_and_time(stack: Any) -> None:
     assert (r.status_code, r.json()["error"]["code"]) == (422, "too_many_tags")
     assert stack.client.get("/jobs", params={"q": "x" * 201}).status_code == 422
     assert stack.client.get("/jobs", params={"created_after": "yesterday"}).status_code == 422
+    r = stack.client.get("/jobs", params={"created_before": "0001-01-01T00:00:00+01:00"})
+    assert (r.status_code, r.json()["error"]["code"]) == (422, "invalid_time")
     assert [j["name"] for j in stack.other.get("/jobs", params={"tag": "sweep:a"}).json()["data"]] == [
         "resnet lr=0.1 seed 9"
     ]
