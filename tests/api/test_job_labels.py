@@ -122,3 +122,27 @@ def test_list_filters_tags_name_prefix_text_and_time(stack: Any) -> None:
     assert [j["name"] for j in stack.other.get("/jobs", params={"tag": "sweep:a"}).json()["data"]] == [
         "resnet lr=0.1 seed 9"
     ]
+
+
+def test_a_broad_name_prefix_pages_the_same_as_a_selective_one(services_stack: Any) -> None:
+    """At or over PREFIX_PROBE matches the list walks the created_at index instead of sorting the matches."""
+    from sqlalchemy import insert
+
+    from api.routes.job_labels import PREFIX_PROBE
+    from jobs.models import Job
+    from tests.support.factories import job_row
+
+    stack = services_stack
+    owner = key_id(stack)
+    base = utcnow() - timedelta(days=1)
+    rows = [job_row(owner, name=f"bulk {i}", created_at=base + timedelta(seconds=i)) for i in range(PREFIX_PROBE)]
+    few = [job_row(owner, name=f"rare {i}", created_at=base + timedelta(seconds=i, milliseconds=500)) for i in range(3)]
+    cols = ("id", "kind", "params", "status", "queue", "owner_id", "name", "created_at", "updated_at", "max_attempts")
+    with stack.session() as s:
+        s.execute(insert(Job), [{c: getattr(r, c) for c in cols} | {"tags": []} for r in rows + few])
+    newest = [r.id for r in rows[::-1]]
+    r = stack.client.get("/jobs", params={"name_prefix": "bulk", "limit": 50}).json()
+    r2 = stack.client.get("/jobs", params={"name_prefix": "bulk", "limit": 50, "cursor": r["next_cursor"]}).json()
+    assert [j["id"] for j in r["data"] + r2["data"]] == newest[:100]
+    assert ids_of(stack, name_prefix="rare") == [r.id for r in few[::-1]]
+    assert ids_of(stack, name_prefix="bulk 4999") == [rows[4999].id]
