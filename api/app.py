@@ -15,17 +15,20 @@ from api.limits import BodyLimitMiddleware
 from api.metrics import build_registry
 from api.routes import (
     artifacts,
+    compare,
     datasets,
     health,
+    job_labels,
     jobs,
     kinds,
     models,
     pipelines,
+    retention,
     search,
     sweeps,
     verify,
     workers,
-)  # fmt: skip
+)
 from jobs.broker import get_celery, make_celery
 from jobs.settings import Settings, get_settings
 
@@ -52,11 +55,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max(JSON_BODY_MIN_BYTES, 4 * settings.max_params_bytes))
-    for module in (jobs, artifacts, kinds, datasets, models, verify, search, workers, health):
+    for module in (job_labels, jobs, retention, artifacts, kinds, datasets, models, verify, search, workers, compare):
         app.include_router(module.router)
     app.include_router(pipelines.graph_router)
-    for module in (pipelines, sweeps):
+    for module in (pipelines, sweeps, health):
         app.include_router(module.router)
+    app.include_router(retention.keys_router)
     app.include_router(dashboard_router)
     mount_static(app)
     return app

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, tuple_
+from sqlalchemy import ColumnElement, Select, tuple_
 from sqlalchemy.orm import InstrumentedAttribute
 
 from api.errors import ApiError
@@ -63,12 +63,15 @@ def check_limit(limit: int, maximum: int) -> int:
 
 def keyset(
     stmt: Select[Any],
-    created: InstrumentedAttribute[datetime],
+    created: InstrumentedAttribute[datetime] | ColumnElement[datetime],
     ident: InstrumentedAttribute[str],
     cursor: str | None,
     limit: int,
 ) -> Select[Any]:
-    """`stmt` restricted to the rows after `cursor`, newest first, with one row more than `limit`."""
+    """`stmt` restricted to the rows after `cursor`, newest first, with one row more than `limit`.
+
+    `created` may be an expression of the created_at column (the same values), to steer the plan.
+    """
     if cursor:
         c_created, c_id = decode_cursor(cursor)
         # A plain tuple on the right takes its types from the columns (SQLite compares datetimes as text).

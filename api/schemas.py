@@ -43,6 +43,24 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 # ---- jobs -------------------------------------------------------------------------------------
+NAME_MAX = 200
+TAGS_MAX = 32
+TAG_MAX = 64
+NOTES_MAX = 10_000
+TAG_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+Tag = Annotated[str, Field(min_length=1, max_length=TAG_MAX, pattern=TAG_PATTERN)]
+
+
+def _unique_tags(tags: list[str] | None) -> list[str] | None:
+    # A repeated tag says nothing more: keep the first of each, in the caller's order.
+    return None if tags is None else list(dict.fromkeys(tags))
+
+
+Tags = Annotated[list[Tag], Field(max_length=TAGS_MAX), AfterValidator(_unique_tags)]
+JobName = Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
+JobNotes = Annotated[str, Field(max_length=NOTES_MAX)]
+
+
 class JobCreate(BaseModel):
     """A job to run: its kind and params (validated by the kind's params model)."""
 
@@ -58,6 +76,21 @@ class JobCreate(BaseModel):
     after: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]] | None = Field(
         None, max_length=100, description="Job ids this job waits for (a `job:<id>` ref in params waits too)."
     )
+    name: JobName | None = Field(None, description="A name for people (<= 200 characters); not unique.")
+    tags: Tags = Field(default_factory=list, description="Up to 32 tags of <= 64 characters of A-Z a-z 0-9 _ . : -")
+    notes: JobNotes | None = Field(None, description="Free text (<= 10,000 characters), searched by `q`.")
+
+
+class JobPatch(BaseModel):
+    """Labels to change; a field left out stays as it is (null clears name or notes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: JobName | None = None
+    tags: Tags | None = Field(None, description="The whole new tag list (replaces the old one).")
+    add_tags: Tags | None = Field(None, description="Tags to add (kept in order, after the current ones).")
+    remove_tags: Tags | None = Field(None, description="Tags to remove (absent ones are ignored).")
+    notes: JobNotes | None = None
 
 
 class JobPublic(BaseModel):
@@ -67,6 +100,9 @@ class JobPublic(BaseModel):
 
     id: str
     kind: str
+    name: str | None
+    tags: list[str]
+    notes: str | None
     params: dict[str, Any]
     status: JobStatus
     queue: str

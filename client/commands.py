@@ -70,7 +70,8 @@ def follow(client: Any, job_id: str, poll: float = 1.0) -> dict[str, Any]:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     client = client_from_settings(args)
-    job = client.submit(args.kind, parse_params(args.param or []), queue=args.queue)
+    job = client.submit(args.kind, parse_params(args.param or []), queue=args.queue, name=args.name,
+                        tags=args.tag or None, notes=args.notes)  # fmt: skip
     print(f"submitted {job['kind']} job {job['id']} ({job['status']})")
     if not args.follow:
         return 0
@@ -86,11 +87,46 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     client = client_from_settings(args)
-    page = client.list_jobs(status=args.status, kind=args.kind, limit=args.limit)
-    print(f"{'id':32}  {'kind':16} {'status':10} {'progress':>8} {'att':>3}  created")
+    filters = {"tag": args.tag or None, "q": args.q, "name_prefix": args.name}
+    page = client.list_jobs(status=args.status, kind=args.kind, limit=args.limit, **filters)
+    print(f"{'id':32}  {'kind':16} {'status':10} {'progress':>8} {'att':>3}  {'created':27} name [tags]")
     for j in page["data"]:
+        labels = (j.get("name") or "") + (f" [{' '.join(j['tags'])}]" if j.get("tags") else "")
         print(f"{j['id']:32}  {j['kind']:16} {j['status']:10} {100 * j['progress']:7.1f}% {j['attempt']:>3}  "
-              f"{j['created_at']}")  # fmt: skip
+              f"{j['created_at']:27} {labels}".rstrip())  # fmt: skip
+    return 0
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    """`facejobs tag JOB +a -b c`: add a and c, remove b."""
+    add = [t.removeprefix("+") for t in args.changes if not t.startswith("-")]
+    remove = [t[1:] for t in args.changes if t.startswith("-")]
+    job = client_from_settings(args).tag(args.id, add=add, remove=remove)
+    print(f"{job['id']}: {' '.join(job['tags']) or '(no tags)'}")
+    return 0
+
+
+def cmd_note(args: argparse.Namespace) -> int:
+    labels: dict[str, Any] = {"notes": args.text or None}
+    if args.name is not None:
+        labels["name"] = args.name or None
+    job = client_from_settings(args).update_job(args.id, **labels)
+    print(f"{job['id']}: name {job['name']!r}, notes {len(job['notes'] or '')} characters")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    client = client_from_settings(args)
+    if args.format == "json":
+        print(json.dumps(client.compare(args.ids), indent=2))
+    else:
+        print(client.compare_csv(args.ids, table=args.table), end="")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    gone = client_from_settings(args).delete_job(args.id)
+    print(f"deleted {len(gone['job_ids'])} job(s), {gone['objects']} stored objects, {gone['bytes']} bytes")
     return 0
 
 
@@ -149,12 +185,36 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     sp.add_argument("--param", "-p", action="append", metavar="K=V")
     sp.add_argument("--queue", choices=["gpu", "cpu"])
     sp.add_argument("--follow", "-f", action="store_true", help="show progress until the job ends")
+    sp.add_argument("--name")
+    sp.add_argument("--tag", "-t", action="append", metavar="TAG")
+    sp.add_argument("--notes")
     sp.set_defaults(func=cmd_submit)
     sp = sub.add_parser("jobs", help="list your jobs, newest first")
     sp.add_argument("--status")
     sp.add_argument("--kind")
+    sp.add_argument("--tag", "-t", action="append", metavar="TAG", help="repeatable: jobs with every tag")
+    sp.add_argument("--q", help="text in the name, notes or kind")
+    sp.add_argument("--name", help="names starting with this")
     sp.add_argument("--limit", type=int, default=50)
     sp.set_defaults(func=cmd_jobs)
+    # No option prefix: "-b" is a tag to remove, not an option (so `tag -h` is a tag too; `facejobs -h` lists it).
+    sp = sub.add_parser("tag", help="add and remove tags: tag JOB +a -b c", prefix_chars="\0", add_help=False)
+    sp.add_argument("id")
+    sp.add_argument("changes", nargs="+", metavar="[+|-]TAG")
+    sp.set_defaults(func=cmd_tag)
+    sp = sub.add_parser("note", help='set a job\'s notes (and --name): note JOB "text"; "" clears')
+    sp.add_argument("id")
+    sp.add_argument("text")
+    sp.add_argument("--name")
+    sp.set_defaults(func=cmd_note)
+    sp = sub.add_parser("compare", help="compare jobs: CSV (jobs or --table groups) or --format json")
+    sp.add_argument("ids", nargs="+")
+    sp.add_argument("--format", choices=["csv", "json"], default="csv")
+    sp.add_argument("--table", choices=["jobs", "groups"], default="jobs")
+    sp.set_defaults(func=cmd_compare)
+    sp = sub.add_parser("delete", help="delete an ended job, its files and its children")
+    sp.add_argument("id")
+    sp.set_defaults(func=cmd_delete)
     sp = sub.add_parser("show", help="one job as JSON")
     sp.add_argument("id")
     sp.set_defaults(func=cmd_show)

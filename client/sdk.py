@@ -118,9 +118,13 @@ class Client:
         idempotency_key: str | None = None,
         priority: int | None = None,
         max_attempts: int | None = None,
+        name: str | None = None,
+        tags: list[str] | None = None,
+        notes: str | None = None,
     ) -> dict[str, Any]:
         """Submit a job; with `idempotency_key`, a repeat returns the job created the first time."""
-        body = self._params(kind=kind, params=params or {}, queue=queue, priority=priority, max_attempts=max_attempts)
+        body = self._params(kind=kind, params=params or {}, queue=queue, priority=priority, max_attempts=max_attempts,
+                            name=name, tags=tags, notes=notes)  # fmt: skip
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         result: dict[str, Any] = self._json("POST", "/jobs", json=body, headers=headers)
         return result
@@ -130,24 +134,62 @@ class Client:
         return result
 
     def list_jobs(
-        self, status: str | None = None, kind: str | None = None, cursor: str | None = None, limit: int | None = None
+        self,
+        status: str | None = None,
+        kind: str | None = None,
+        cursor: str | None = None,
+        limit: int | None = None,
+        **filters: Any,
     ) -> dict[str, Any]:
-        """One page `{"data": [...], "next_cursor": ...}` of jobs, newest first."""
-        params = self._params(status=status, kind=kind, cursor=cursor, limit=limit)
+        """One page `{"data": [...], "next_cursor": ...}` of jobs, newest first.
+
+        `filters`: `tag` (a list: every tag must match), `q` (text in name, notes or kind), `name_prefix`,
+        `created_after` / `created_before` (ISO times), `parent_id`.
+        """
+        params = self._params(status=status, kind=kind, cursor=cursor, limit=limit, **filters)
         result: dict[str, Any] = self._json("GET", "/jobs", params=params)
         return result
 
     def iter_jobs(
-        self, status: str | None = None, kind: str | None = None, page_size: int = 100
+        self, status: str | None = None, kind: str | None = None, page_size: int = 100, **filters: Any
     ) -> Iterator[dict[str, Any]]:
-        """Every job (matching the filters), newest first, fetched page by page."""
+        """Every job (matching the filters, as `list_jobs`), newest first, fetched page by page."""
         cursor: str | None = None
         while True:
-            page = self.list_jobs(status=status, kind=kind, cursor=cursor, limit=page_size)
+            page = self.list_jobs(status=status, kind=kind, cursor=cursor, limit=page_size, **filters)
             yield from page["data"]
             cursor = page["next_cursor"]
             if not cursor:
                 return
+
+    def update_job(self, job_id: str, **labels: Any) -> dict[str, Any]:
+        """PATCH a job's labels: `name`, `notes` (None clears), `tags` (replace), `add_tags`, `remove_tags`."""
+        result: dict[str, Any] = self._json("PATCH", f"/jobs/{quote(job_id, safe='')}", json=labels)
+        return result
+
+    def tag(self, job_id: str, add: list[str] | None = None, remove: list[str] | None = None) -> dict[str, Any]:
+        """Add and remove tags of a job (one request); the job."""
+        return self.update_job(job_id, **self._params(add_tags=add or None, remove_tags=remove or None))
+
+    def delete_job(self, job_id: str) -> dict[str, Any]:
+        """Delete an ended job with its files and children: `{"job_ids", "objects", "bytes"}`."""
+        result: dict[str, Any] = self._json("DELETE", f"/jobs/{quote(job_id, safe='')}")
+        return result
+
+    def compare(self, job_ids: list[str]) -> dict[str, Any]:
+        """`GET /compare`: params diff, series, final metrics, plots and seed groups of up to 50 jobs."""
+        result: dict[str, Any] = self._json("GET", "/compare", params={"ids": ",".join(job_ids)})
+        return result
+
+    def compare_csv(self, job_ids: list[str], table: str = "jobs") -> str:
+        """The comparison as CSV: one row per job (`table="jobs"`) or per seed group (`"groups"`)."""
+        params = {"ids": ",".join(job_ids), "format": "csv", "table": table}
+        return self._request("GET", "/compare", params=params).text
+
+    def storage(self) -> dict[str, Any]:
+        """Bytes this key stores (artifacts, datasets, models)."""
+        result: dict[str, Any] = self._json("GET", "/keys/me/storage")
+        return result
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._json("POST", f"/jobs/{quote(job_id, safe='')}/cancel")

@@ -19,7 +19,9 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from jobs.states import JobStatus, utcnow
@@ -32,6 +34,14 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+# Tags: a JSON array on SQLite, varchar[] on PostgreSQL: GIN-indexed (`tags @> ARRAY['a','b']` is an index scan)
+# and, unlike JSONB, with per-element statistics, so the planner knows a common tag from a rare one.
+TagsType = JSON().with_variant(ARRAY(String(64)), "postgresql")
+# A partial index that is always empty on SQLite: the index exists (so models and migrations agree on both
+# databases) but costs nothing there; on PostgreSQL it is the GIN index the filters use.
+NOT_ON_SQLITE = text("0")
 
 
 def new_id() -> str:
@@ -62,7 +72,17 @@ class Job(Base):
         Index("ix_jobs_status_created_at", "status", "created_at"),
         Index("ix_jobs_owner_created", "owner_id", "created_at", "id"),
         UniqueConstraint("owner_id", "idempotency_key", name="uq_jobs_owner_idempotency"),
-    )
+        # Labels (migration 0003_job_labels): name prefix (pattern ops: LIKE 'p%' on any collation),
+        # tags containment (GIN array_ops) and text search over name, notes, kind (pg_trgm GIN).
+        Index("ix_jobs_owner_name", "owner_id", "name", postgresql_ops={"name": "varchar_pattern_ops"}),
+        Index("ix_jobs_tags", "tags", postgresql_using="gin", sqlite_where=NOT_ON_SQLITE),
+        Index("ix_jobs_name_trgm", "name", postgresql_using="gin", postgresql_ops={"name": "gin_trgm_ops"},
+              sqlite_where=NOT_ON_SQLITE),
+        Index("ix_jobs_notes_trgm", "notes", postgresql_using="gin", postgresql_ops={"notes": "gin_trgm_ops"},
+              sqlite_where=NOT_ON_SQLITE),
+        Index("ix_jobs_kind_trgm", "kind", postgresql_using="gin", postgresql_ops={"kind": "gin_trgm_ops"},
+              sqlite_where=NOT_ON_SQLITE),
+    )  # fmt: skip
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     kind: Mapped[str] = mapped_column(String(64), index=True)
@@ -75,9 +95,12 @@ class Job(Base):
     queue: Mapped[str] = mapped_column(String(32))
     owner_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
     # A sweep's (or any parent's) children point at it; deleting the parent deletes them.
-    parent_id: Mapped[str | None] = mapped_column(
-        ForeignKey("jobs.id", ondelete="CASCADE"), default=None, index=True
-    )
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), default=None, index=True)
+    # Labels a person gives a job (set at submit, editable): searchable, filterable, never read by runners.
+    name: Mapped[str | None] = mapped_column(String(200), default=None)
+    # The migration gives existing rows an empty list ('[]' on SQLite, '{}' on PostgreSQL).
+    tags: Mapped[list[str]] = mapped_column(TagsType, default=list)
+    notes: Mapped[str | None] = mapped_column(Text, default=None)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     preemptions: Mapped[int] = mapped_column(Integer, default=0)
     attempt_base: Mapped[int] = mapped_column(Integer, default=0)

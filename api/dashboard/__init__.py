@@ -144,6 +144,12 @@ def sweep_page(request: Request, sweep_id: str) -> HTMLResponse:
     return _page(request, "sweep.html", "sweep", f"Sweep {sweep_id[:8]}", sweep_id=sweep_id)
 
 
+@router.get("/ui/compare", response_class=HTMLResponse)
+def compare_page(request: Request) -> HTMLResponse:
+    """Jobs side by side (`?ids=a,b,c`, a shareable URL); the data comes from `GET /compare` in the browser."""
+    return _page(request, "compare.html", "compare", "Compare jobs")
+
+
 def mount_static(app: FastAPI) -> None:
     """Serve the dashboard's scripts and stylesheet under `/ui/static`."""
     app.mount(STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="dashboard-static")

@@ -1,4 +1,4 @@
-"""Jobs: submit, list, read, cancel, retry, and their events."""
+"""Jobs: submit, read, cancel, retry, and their events (list and labels: job_labels.py; delete: retention.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from sqlalchemy.orm import Session
 from api.deps import CeleryDep, CurrentKey, JobDep, SessionDep, SettingsDep
 from api.errors import ApiError, Conflict
 from api.job_wait import MAX_WAIT_SECONDS, wait_until_ended
-from api.pagination import check_limit, keyset, page
+from api.pagination import check_limit
 from api.routes import keyed_router
-from api.schemas import ErrorBody, EventPublic, EventsPage, JobCreate, JobPublic, JobsPage
+from api.schemas import ErrorBody, EventPublic, EventsPage, JobCreate, JobPublic
 from jobs.kinds import get_kind, validate_params
 from jobs.models import ApiKey, Job, JobEvent
 from jobs.pipelines import (
@@ -82,6 +82,7 @@ def create_job(
         priority=body.priority,
         idempotency_key=idempotency_key,
     )
+    job.name, job.tags, job.notes = body.name, body.tags, body.notes  # labels: api/routes/job_labels.py
     # `job:` refs (rows read above) and `after` make it wait for those jobs; no query when it has neither.
     upstream = upstreams_for(session, key.id, refs, body.after)
     try:
@@ -98,28 +99,6 @@ def create_job(
         response.status_code = status.HTTP_200_OK
         return existing
     return job
-
-
-@router.get("", response_model=JobsPage)
-def list_jobs(
-    key: CurrentKey,
-    session: SessionDep,
-    settings: SettingsDep,
-    status_: Annotated[JobStatus | None, Query(alias="status")] = None,
-    kind: Annotated[str | None, Query(max_length=64)] = None,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
-    limit: Annotated[int, Query(ge=1)] = 50,
-) -> JobsPage:
-    """List the caller's jobs, newest first, one page at a time."""
-    check_limit(limit, settings.page_size_max)
-    stmt = select(Job).where(Job.owner_id == key.id)
-    if status_ is not None:
-        stmt = stmt.where(Job.status == status_)
-    if kind is not None:
-        stmt = stmt.where(Job.kind == kind)
-    rows = session.scalars(keyset(stmt, Job.created_at, Job.id, cursor, limit)).all()
-    data, next_cursor = page(rows, limit)
-    return JobsPage(data=[JobPublic.model_validate(j) for j in data], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobPublic)

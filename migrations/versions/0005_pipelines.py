@@ -1,7 +1,7 @@
 """job_deps (pipelines) and jobs.stop_reason (sweeps' budget and early stopping)
 
 Revision ID: 0005_pipelines
-Revises: 0002_job_parent
+Revises: 0003_job_labels
 Create Date: 2026-12-01
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005_pipelines"
-down_revision: str | None = "0002_job_parent"
+down_revision: str | None = "0003_job_labels"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -38,12 +38,15 @@ PUBLIC_ROUTES = {
     ("GET", "/ui/verify"),
     ("GET", "/ui/search"),
     ("GET", "/ui/datasets/{dataset_id}"),
+    ("GET", "/ui/compare"),
     ("MOUNT", "/ui/static"),
 }
 PRIVATE_ROUTES = {
     ("GET", "/jobs"),
     ("POST", "/jobs"),
     ("GET", "/jobs/{job_id}"),
+    ("PATCH", "/jobs/{job_id}"),
+    ("DELETE", "/jobs/{job_id}"),
     ("POST", "/jobs/{job_id}/cancel"),
     ("POST", "/jobs/{job_id}/retry"),
     ("GET", "/jobs/{job_id}/events"),
@@ -67,6 +70,8 @@ PRIVATE_ROUTES = {
     ("POST", "/sweeps"),
     ("GET", "/sweeps/{sweep_id}"),
     ("POST", "/search"),
+    ("GET", "/compare"),
+    ("GET", "/keys/me/storage"),
 }
 OWNED_PARAMS = ("{job_id}", "{dataset_id}", "{model_id}")  # a path naming one of these names a key's thing
 
@@ -133,7 +138,7 @@ def test_another_keys_things_read_as_unknown(stack: Any, orl_dir: Any) -> None:
 
     # Every keyed route that names one of the owner's things, taken from the app (hidden ones included).
     by_id = sorted((m, p) for m, p in app_routes(stack.app) & PRIVATE_ROUTES if any(o in p for o in OWNED_PARAMS))
-    assert len(by_id) == 12, by_id
+    assert len(by_id) == 14, by_id
     for method, path in by_id:
         url = fill(path, ids)
         if method == "GET":  # the owner reads it, so the other key's 404 is the owner check, not a bad URL

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from jobs.keys import lookup_key
-from jobs.models import ApiKey, Artifact, Job, new_id
+from jobs.models import ApiKey, Artifact, Job, JobEvent, new_id
 from jobs.states import JobStatus, utcnow
 
 ORL_IDS = ("s1", "s2", "s3")
@@ -84,6 +84,13 @@ def add_job(
     with stack.session() as s:
         s.add(job)
     return job.id
+
+
+def add_progress(stack: Any, job_id: str, points: list[dict[str, Any]], attempt: int = 1) -> None:
+    """Progress events of `job_id` as a worker writes them: each point is `{"step": s, "total": t, metric: v}`."""
+    with stack.session() as s:
+        for data in points:
+            s.add(JobEvent(job_id=job_id, attempt=attempt, type="progress", data=data))
 
 
 def make_key(s: Session, name: str = "k") -> ApiKey:

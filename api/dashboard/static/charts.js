@@ -124,5 +124,78 @@
     return figure;
   }
 
+  // Several series on one chart (the compare page): [{label, points: [[step, value], ...]}, ...], one colour
+  // each, a legend by label. Same axes and log rule as lineChart; colours are SVG attributes (the CSP allows them).
+  const COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+    "#7f7f7f", "#bcbd22"];
+
+  function colour(i) { return COLOURS[i % COLOURS.length]; }
+
+  function multiLineChart(name, series) {
+    const fmt = window.FJ.fmtNumber;
+    const lines = series.map((s, i) => ({ ...s, colour: colour(i), finite: s.points.filter((p) => p[1] !== null && isFinite(p[1])) }));
+    const all = lines.flatMap((l) => l.finite);
+    const figure = document.createElement("figure");
+    figure.className = "chart multi";
+    figure.dataset.metric = name;
+    figure.dataset.series = String(lines.filter((l) => l.finite.length).length);
+    const cap = document.createElement("figcaption");
+    const title = document.createElement("span");
+    title.className = "mono";
+    title.textContent = name;
+    cap.append(title);
+    figure.append(cap);
+    if (all.length === 0) return figure;
+    const values = all.map((p) => p[1]);
+    const steps = all.map((p) => p[0]);
+    const vmin = Math.min(...values);
+    const vmax = Math.max(...values);
+    const log = vmin > 0 && vmax / vmin >= 1000;
+    const tf = log ? Math.log10 : (v) => v;
+    const [y0, y1] = niceRange(tf(vmin), tf(vmax));
+    const xs0 = Math.min(...steps);
+    const xs1 = Math.max(...steps);
+    const xspan = xs1 - xs0 || 1;
+    const pw = W - PAD.left - PAD.right;
+    const ph = H - PAD.top - PAD.bottom;
+    const X = (s) => PAD.left + ((s - xs0) / xspan) * pw;
+    const Y = (v) => PAD.top + (1 - (tf(v) - y0) / (y1 - y0)) * ph;
+    const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart-svg", role: "img",
+      "aria-label": `${name}: ${lines.length} series` });
+    for (const t of [y0 + (y1 - y0) * 0.05, (y0 + y1) / 2, y1 - (y1 - y0) * 0.05]) {
+      const v = log ? 10 ** t : t;
+      root.append(svg("line", { x1: PAD.left, x2: W - PAD.right, y1: Y(v), y2: Y(v), class: "grid" }));
+      root.append(svg("text", { x: PAD.left - 6, y: Y(v) + 3.5, class: "ylab", "text-anchor": "end" }, fmt(v)));
+    }
+    root.append(svg("text", { x: PAD.left, y: H - 6, class: "xlab" }, "step " + xs0));
+    root.append(svg("text", { x: W - PAD.right, y: H - 6, class: "xlab", "text-anchor": "end" }, String(xs1)));
+    if (log) root.append(svg("text", { x: PAD.left + pw / 2, y: H - 6, class: "xlab", "text-anchor": "middle" }, "log scale"));
+    for (const l of lines) {
+      if (!l.finite.length) continue;
+      const shown = downsample(l.finite);
+      const d = shown.map((p, i) => (i ? "L" : "M") + X(p[0]).toFixed(1) + " " + Y(p[1]).toFixed(1)).join("");
+      const path = svg("path", { d, class: "series", fill: "none", stroke: l.colour, "stroke-width": 1.6 });
+      path.dataset.label = l.label;
+      root.append(path);
+      if (shown.length === 1) root.append(svg("circle", { cx: X(shown[0][0]), cy: Y(shown[0][1]), r: 3, fill: l.colour }));
+    }
+    figure.append(root);
+    const legend = document.createElement("div");
+    legend.className = "legend small";
+    for (const l of lines) {
+      const item = document.createElement("span");
+      item.className = "legend-item";
+      const sw = svg("svg", { width: 12, height: 8, class: "swatch" });
+      sw.append(svg("rect", { width: 12, height: 8, fill: l.colour }));
+      const last = l.finite.length ? l.finite[l.finite.length - 1][1] : null;
+      item.append(sw, document.createTextNode(" " + l.label + (last === null ? " (no points)" : " " + fmt(last))));
+      legend.append(item);
+    }
+    figure.append(legend);
+    return figure;
+  }
+
   window.FJ.lineChart = lineChart;
+  window.FJ.multiLineChart = multiLineChart;
+  window.FJ.chartColour = colour;
 })();
