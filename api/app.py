@@ -13,7 +13,7 @@ from api.dashboard import router as dashboard_router
 from api.errors import install_error_handlers
 from api.limits import BodyLimitMiddleware
 from api.metrics import build_registry
-from api.routes import artifacts, datasets, health, jobs, kinds, models, verify, workers
+from api.routes import artifacts, datasets, health, jobs, kinds, logs, models, verify, workers
 from jobs.broker import get_celery, make_celery
 from jobs.settings import Settings, get_settings
 
@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max(JSON_BODY_MIN_BYTES, 4 * settings.max_params_bytes))
-    for module in (jobs, artifacts, kinds, datasets, models, verify, workers, health):
+    for module in (jobs, artifacts, logs, kinds, datasets, models, verify, workers, health):
         app.include_router(module.router)
     app.include_router(dashboard_router)
     mount_static(app)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import socket
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -107,6 +109,15 @@ def _raise_fault(ctx: JobContext) -> None:
         raise RuntimeError(p.fail_with)
 
 
+def _chatter(step: int) -> None:
+    """Test only: one line to each of stdout, stderr and logging, stamped with the wall time it was printed at."""
+    sys.stdout.write(f"tick {step} stdout at {time.time():.3f}\n")  # print is what a runner would use
+    sys.stdout.flush()
+    sys.stderr.write(f"tick {step} stderr\n")
+    sys.stderr.flush()
+    logging.getLogger("facejobs.probe").warning("tick %s logged", step)
+
+
 def run_probe(ctx: JobContext) -> dict[str, Any]:
     import torch
 
@@ -133,6 +144,8 @@ def run_probe(ctx: JobContext) -> dict[str, Any]:
         while step < total:
             time.sleep(1.0)
             step += 1
+            if p.chatter:
+                _chatter(step)
             ctx.progress(step, total, gflops=info["gflops"])
             ctx.save_checkpoint({"step": step})
             if ctx.should_stop() and step < total:
