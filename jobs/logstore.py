@@ -61,7 +61,8 @@ def read_index(store: Store, job_id: str, attempt: int) -> LogIndex | None:
     except ObjectMissing:
         return None
     except Exception as exc:
-        if getattr(exc, "code", None) == "NoSuchBucket":  # nothing stored at all yet (S3: the bucket comes with the first write)
+        # Nothing stored at all yet: on S3 the bucket comes with the first write.
+        if getattr(exc, "code", None) == "NoSuchBucket":
             return None
         raise
 

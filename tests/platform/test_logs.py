@@ -23,14 +23,14 @@ def test_capture_stores_chunks_readable_from_any_offset(tmp_path: Path) -> None:
     attempt_log = AttemptLog(store, "j1", 2)
     stdout, stderr, handlers = sys.stdout, sys.stderr, list(logging.getLogger().handlers)
     with capturing(attempt_log):
-        print("first line")  # noqa: T201 (what a runner does)
+        print("first line")
         sys.stderr.write("to stderr é\n")
         logging.getLogger("facejobs.test").warning("a warning %d", 7)
         attempt_log.flush()  # the writer thread's job, now
-        print("second line")  # noqa: T201
+        print("second line")
     # Restored: the streams and the root logger's handlers are the ones before.
     assert (sys.stdout, sys.stderr, logging.getLogger().handlers) == (stdout, stderr, handlers)
-    print("after the block")  # noqa: T201
+    print("after the block")
     attempt_log.close()
     index = read_index(store, "j1", 2)
     assert index is not None and index.done and len(index.chunks) == 2
