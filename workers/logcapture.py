@@ -32,9 +32,11 @@ log = logging.getLogger(__name__)
 CHUNK_SECONDS = 1.0  # how stale the stored log may be while the job prints
 CHUNK_BYTES = 64 * 1024  # a chunk is stored at once when this much waits
 MAX_ATTEMPT_BYTES = 64 * 1024**2  # past this an attempt's log is cut (one note says so)
-# Records these loggers emit are not the job's: Celery's echo of the teed stdout (already captured),
-# and this module's own complaints (which would feed back into the log they are about).
-SKIP_LOGGERS = ("celery.redirected", __name__)
+# Records these loggers emit are not the job's own output: Celery's echo of the teed stdout (already
+# captured), this module's complaints (which would feed back into the log they are about), the
+# JobContext's lines (`ctx.log`: already the job's `log` events) and the heartbeat's (the worker's health).
+# So a job that prints nothing itself stores no log: no store write on the per-job path.
+SKIP_LOGGERS = ("celery.redirected", __name__, "workers.context", "workers.heartbeat")
 FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 

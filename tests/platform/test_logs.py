@@ -159,13 +159,30 @@ def test_failed_attempt_logs_its_traceback_at_its_last_step(stack: Stack) -> Non
     assert one.text == page["text"]
 
 
+def test_a_failure_mid_run_is_tied_to_the_step_it_happened_at(services_stack: Stack) -> None:
+    stack = services_stack
+    params = {"matmul_size": 32, "matmul_repeats": 1, "duration_seconds": 5, "chatter": True, "fail_at_second": 3,
+              "fail_with": "diverged"}  # fmt: skip
+    job_id = submit(stack, params, max_attempts=1)
+    stack.start_worker(extra_env=FAST_LEASES)
+    job = stack.wait_job(job_id)
+    assert (job["status"], job["progress_step"]) == ("failed", 3)
+    error = [e for e in stack.client.get(f"/jobs/{job_id}/events").json()["data"] if e["type"] == "error"][-1]
+    assert error["data"]["step"] == 3
+    text = stack.client.get(f"/jobs/{job_id}/logs").json()["text"]
+    before, failure = text[: error["data"]["log"]["offset"]], text[error["data"]["log"]["offset"] :]
+    assert [t.split()[1] for t in before.splitlines() if " stdout at " in t] == ["1", "2", "3"]
+    assert failure.startswith("\n[attempt 1 failed at step 3]\nTraceback") and "RuntimeError: diverged" in failure
+
+
 def test_a_job_that_prints_nothing_has_an_empty_done_log(stack: Stack) -> None:
     job_id = submit(stack, {"matmul_size": 32, "matmul_repeats": 1})
     before = stack.client.get(f"/jobs/{job_id}/logs").json()
     stack.start_worker()
     assert stack.wait_job(job_id)["status"] == "succeeded"
     after = stack.client.get(f"/jobs/{job_id}/logs").json()
-    # Queued (attempt 0) and after the end: nothing more will come, either time; only the worker's
-    # own INFO lines could be in it, and the probe logs none at its level.
+    # Queued (attempt 0) and after the end: nothing more will come, either time.
     assert (before["attempt"], before["done"], before["text"]) == (0, True, "")
-    assert (after["attempt"], after["done"]) == (1, True)
+    assert (after["attempt"], after["done"], after["text"], after["size"]) == (1, True, "", 0)
+    # No index and no chunk: the probe's own `ctx.log` line is a log event, not output.
+    assert stack.store.list(f"jobs/{job_id}/logs") == []

@@ -101,6 +101,8 @@ def _raise_fault(ctx: JobContext) -> None:
     p = params_as(ctx, ProbeParams)
     if p.fault_attempts is not None and ctx.attempt > p.fault_attempts:
         return
+    if p.fail_at_second is not None:
+        return  # raised in the loop, at that second
     if p.fault == "accelerator_error":
         raise torch.AcceleratorError(p.fail_with or "CUDA error: an illegal memory access was encountered")
     if p.fault == "out_of_memory":
@@ -148,6 +150,8 @@ def run_probe(ctx: JobContext) -> dict[str, Any]:
                 _chatter(step)
             ctx.progress(step, total, gflops=info["gflops"])
             ctx.save_checkpoint({"step": step})
+            if p.fail_at_second == step:
+                raise RuntimeError(p.fail_with or f"failed at second {step}")
             if ctx.should_stop() and step < total:
                 raise Preempted(f"stopped at second {step}")
         info["seconds_run"] = total
