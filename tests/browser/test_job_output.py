@@ -26,7 +26,7 @@ def test_job_page_tails_output_and_charts_utilisation(live_dashboard: LiveDashbo
     page.locator('#j-status .badge:text("succeeded")').wait_for(timeout=60_000)
     page.locator("#j-out", has_text="tick 6 logged").wait_for()
     text = out.inner_text()
-    assert [m for m in re.findall(r"tick (\d) stdout", text)] == ["1", "2", "3", "4", "5", "6"]
+    assert re.findall(r"tick (\d) stdout", text) == ["1", "2", "3", "4", "5", "6"]
     assert "live" not in page.locator("#j-out-note").inner_text()
     # Utilisation beside the training curve: a chart per sys/ series, by seconds.
     page.locator('figure.chart[data-metric="sys/rss_mb"]').wait_for()
@@ -36,7 +36,7 @@ def test_job_page_tails_output_and_charts_utilisation(live_dashboard: LiveDashbo
     assert page.js_errors == []
 
     workers = live.page("/ui/workers")
-    cell = workers.locator("#workers-table tbody tr td:nth-child(7)")
+    cell = workers.locator("#workers-table tbody tr td:nth-child(9)")
     workers.locator("#workers-table tbody td", has_text=re.compile(r"^cpu \d+% · mem \d+ MiB$")).wait_for()
     assert re.fullmatch(r"cpu \d+% · mem \d+ MiB", cell.inner_text())
     workers.screenshot(path=str(artifacts_dir / "workers-load.png"))

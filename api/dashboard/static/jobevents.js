@@ -106,7 +106,7 @@
       charts.push(window.FJ.lineChart(name, pts, name.startsWith("sys/") ? "s" : "step"));
     }
     setChildren($("#j-charts"), charts);
-    $("#j-charts-note").textContent = n + " point" + (n === 1 ? "" : "s") + " from progress and utilisation events";
+    $("#j-charts-note").textContent = n + " point" + (n === 1 ? "" : "s") + " from progress events";
   }
 
   function firstLine(text) { return String(text || "").split("\n")[0]; }

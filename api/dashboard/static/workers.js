@@ -34,9 +34,9 @@
         el("td", { class: "mono" }, w.current_job_id ?
           el("a", { href: "/ui/jobs/" + encodeURIComponent(w.current_job_id), title: w.current_job_id },
             shortId(w.current_job_id)) : "–"),
-        el("td", { class: "mono small" }, loadText(w.load)),
         el("td", { title: fmtTime(beat), class: w.stale ? "bad" : "" }, fmtAgo(beat)),
-        el("td", { title: fmtTime(started) }, fmtAgo(started)));
+        el("td", { title: fmtTime(started) }, fmtAgo(started)),
+        el("td", { class: "mono small" }, loadText(w.load)));
     }));
     $("#w-empty").hidden = workers.length > 0;
     $("#workers-table").hidden = workers.length === 0;
