@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import threading
 import time
 
@@ -11,6 +12,14 @@ from tests.support import wait_for
 from tests.support.jobs import FAST_LEASES, submit
 from tests.support.services import Stack
 from workers.utilisation import MIB, JobPeaks, Sampler
+
+
+def _resident(mib: int) -> mmap.mmap:
+    """`mib` MiB of fresh pages, each written, so resident (not memory the allocator kept from earlier tests)."""
+    area = mmap.mmap(-1, mib * MIB)
+    for offset in range(0, mib * MIB, mmap.PAGESIZE):
+        area[offset] = 1
+    return area
 
 
 def test_sampler_sees_a_busy_core_and_new_memory() -> None:
@@ -33,19 +42,20 @@ def test_sampler_sees_a_busy_core_and_new_memory() -> None:
     expected = 100 * (time.process_time() - cpu0) / (time.monotonic() - wall0)
     assert busy["sys/cpu_pct"] == pytest.approx(expected, rel=0.15, abs=3), (busy, expected)
     assert idle["sys/cpu_pct"] < 10 and expected > 5, (idle, expected)
-    held = bytearray(256 * MIB)  # touched: bytearray zero-fills what it allocates
+    held = _resident(256)
     grown = sampler.sample()["sys/rss_mb"] - busy["sys/rss_mb"]
     assert 240 <= grown <= 272, grown
     assert set(busy) == {"sys/cpu_pct", "sys/rss_mb"}  # no GPU asked for: no GPU keys
-    del held
+    held.close()
 
 
 def test_job_peaks_measure_the_peak_not_the_end() -> None:
     peaks = JobPeaks()
     peaks.begin(None)
-    before = Sampler(gpu=False).sample()["sys/rss_mb"]
-    held = bytearray(200 * MIB)
-    del held  # freed before the end: only the high-water mark still knows
+    import psutil
+
+    before = psutil.Process().memory_info().rss / MIB  # this process only, as its high-water mark is
+    _resident(200).close()  # unmapped before the end: only the high-water mark still knows
     peak = peaks.result()["peak_rss_mb"]
     assert peak - before >= 190, (before, peak)
 
