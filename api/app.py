@@ -21,6 +21,7 @@ from api.routes import (
     job_labels,
     jobs,
     kinds,
+    logs,
     models,
     pipelines,
     retention,
@@ -55,7 +56,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max(JSON_BODY_MIN_BYTES, 4 * settings.max_params_bytes))
-    for module in (job_labels, jobs, retention, artifacts, kinds, datasets, models, verify, search, workers, compare):
+    for module in (
+        job_labels,
+        jobs,
+        retention,
+        artifacts,
+        logs,
+        kinds,
+        datasets,
+        models,
+        verify,
+        search,
+        workers,
+        compare,
+    ):
         app.include_router(module.router)
     app.include_router(pipelines.graph_router)
     for module in (pipelines, sweeps, health):

@@ -293,6 +293,11 @@ class WorkerPublic(BaseModel):
     started_at: UtcDatetime
     last_heartbeat: UtcDatetime
     stale: bool = Field(description="No heartbeat for longer than the configured worker_stale_seconds.")
+    load: dict[str, float] | None = Field(
+        None,
+        description="The latest utilisation sample of the worker's process tree: sys/cpu_pct (percent of one core), "
+        "sys/rss_mb, and where NVML answers sys/gpu_util_pct and sys/gpu_mem_mb of its GPU.",
+    )
 
 
 class Health(BaseModel):

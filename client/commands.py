@@ -173,9 +173,34 @@ def cmd_workers(args: argparse.Namespace) -> int:
     for w in client.workers():
         stale = " STALE" if w.get("stale") else ""
         job = w.get("current_job_id") or ("busy" if w.get("busy") else "-")  # another key's job has no id here
+        load = w.get("load") or {}
+        use = " ".join(f"{k.removeprefix('sys/')}={v:g}" for k, v in load.items())
         print(f"{w['id']:40} {w['queues']:10} {w['device']:30} job={job} "
-              f"heartbeat={w['last_heartbeat']}{stale}")  # fmt: skip
+              f"heartbeat={w['last_heartbeat']}{stale}{'  ' + use if use else ''}")  # fmt: skip
     return 0
+
+
+# ---- logs (issue 16) ----------------------------------------------------------------------
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Print a job's log (the latest attempt, or `--attempt N`); `-f` follows it until the job ends."""
+    client = client_from_settings(args)
+    if args.download:
+        dest = client.download_logs(args.id, Path(args.download), attempt=args.attempt)
+        print(f"saved the log of job {args.id} to {dest}")
+        return 0
+    for text in client.iter_logs(args.id, attempt=args.attempt, follow=args.follow):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    return 0
+
+
+def add_logs_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sp = sub.add_parser("logs", help="a job's log (stdout, stderr, logging): logs JOB [-f] [--attempt N]")
+    sp.add_argument("id")
+    sp.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+    sp.add_argument("--attempt", type=int, help="one attempt (default: the latest; -f then follows each new one)")
+    sp.add_argument("--download", metavar="FILE", help="save the whole log (every attempt, or --attempt) to FILE")
+    sp.set_defaults(func=cmd_logs)
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -232,3 +257,4 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     sp.set_defaults(func=cmd_datasets)
     sp = sub.add_parser("workers", help="list workers and their heartbeats")
     sp.set_defaults(func=cmd_workers)
+    add_logs_command(sub)

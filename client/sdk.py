@@ -263,6 +263,57 @@ class Client:
                 f.write(chunk)
         part.replace(dest)
 
+    # ---- logs -------------------------------------------------------------------------------
+    def logs(
+        self, job_id: str, attempt: int | None = None, offset: int = 0, wait_seconds: float | None = None
+    ) -> dict[str, Any]:
+        """One page of an attempt's log (default: the latest) from byte `offset`: text, next_offset, done."""
+        params = self._params(attempt=attempt, offset=offset, wait_seconds=wait_seconds)
+        result: dict[str, Any] = self._json("GET", f"/jobs/{quote(job_id, safe='')}/logs", params=params)
+        return result
+
+    def iter_logs(
+        self, job_id: str, attempt: int | None = None, follow: bool = False, poll: float = 0.5
+    ) -> Iterator[str]:
+        """The log's text as it comes: to its end now, or with `follow` until the job ends.
+
+        Without `attempt`, following moves on to each new attempt (a header line before each).
+        """
+        offset, current = 0, attempt
+        while True:
+            # Attempt 0 (not started yet) is asked as "the latest", so the first attempt is picked up when it starts.
+            page = self.logs(job_id, attempt=current or None, offset=offset, wait_seconds=1.0 if follow else None)
+            if not current:
+                current = page["attempt"]
+            if page["text"]:
+                yield page["text"]
+            offset = page["next_offset"]
+            if not page["done"]:
+                if not follow and not page["text"]:
+                    return  # caught up with a running attempt
+                continue
+            if not follow or attempt is not None:
+                return
+            if page["attempts"] > current:  # the next attempt began
+                current, offset = current + 1, 0
+                yield f"===== attempt {current} =====\n"
+                continue
+            if self.get_job(job_id)["status"] in TERMINAL:
+                return
+            time.sleep(poll)  # queued (again): wait for its next attempt
+
+    def download_logs(self, job_id: str, dest: Path, attempt: int | None = None) -> Path:
+        """Save the whole log (one attempt, or every attempt) to `dest`."""
+        path = f"/jobs/{quote(job_id, safe='')}/logs/download"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        params = self._params(attempt=attempt)
+        with self.http.stream("GET", self._url(path), headers={"X-API-Key": self.api_key}, params=params) as resp:
+            if resp.status_code != 200:
+                resp.read()
+                raise _error(resp)
+            self._save(resp, dest)
+        return dest
+
     # ---- kinds, datasets, models, workers ---------------------------------------------------
     def kinds(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._json("GET", "/kinds")

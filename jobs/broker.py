@@ -78,8 +78,9 @@ def celery_config(settings: Settings, broker_url: str) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
         "worker_max_tasks_per_child": settings.max_tasks_per_child,
-        "worker_send_task_events": False,
-        "task_send_sent_event": False,
+        # Off unless FACEJOBS_TASK_EVENTS: Flower and `celery events` need them (see the setting for the cost).
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         "enable_utc": True,
     }
 

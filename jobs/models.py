@@ -217,3 +217,5 @@ class Worker(Base):
     draining: Mapped[bool] = mapped_column(Boolean, default=False)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_heartbeat: Mapped[datetime] = mapped_column(default=utcnow)
+    # The latest utilisation sample of the worker's process tree (workers/utilisation.py): cpu, memory, GPU.
+    load: Mapped[dict[str, Any] | None] = mapped_column(default=None)

@@ -85,6 +85,13 @@ class Settings(BaseSettings):
         description="Deterministic algorithms in every worker process (torch.use_deterministic_algorithms, "
         "CUBLAS_WORKSPACE_CONFIG, no cuDNN benchmark): bitwise-repeatable runs on one device type, a little slower.",
     )
+    task_events: bool = Field(
+        False,
+        description="Celery task events (worker_send_task_events, task_send_sent_event), for Flower and "
+        "`celery events`. The cost: 4 more broker messages per job (task-sent from the API, task-received, "
+        "task-started and task-succeeded from the worker, two of them on the job's own path); on Redis they "
+        "are pub/sub messages, dropped when no monitor listens.",
+    )
     max_device_error_requeues: int = Field(
         3,
         ge=0,

@@ -19,8 +19,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from jobs.db import session_scope
-from jobs.models import Worker
+from jobs.models import JobEvent, Worker
+from jobs.settings import get_settings
 from jobs.states import utcnow
+from workers.utilisation import JobPeaks, process_sampler
 
 if TYPE_CHECKING:
     from workers.context import JobContext
@@ -38,20 +40,24 @@ class Heartbeat(threading.Thread):
         self.node, self.interval, self.db = node, interval, db
         self.stopped = threading.Event()
         self._jobs: dict[str, JobContext] = {}
+        self._peaks: dict[str, JobPeaks] = {}  # utilisation samples per job (workers/utilisation.py)
         # Held while the leases are renewed: `unwatch` waits for a renewal in flight, so no lease
         # renewal or progress flush of a job lands after its runner returned (its end is recorded next).
         self._beating = threading.Lock()
 
-    def watch(self, ctx: JobContext) -> None:
-        """Renew `ctx`'s lease from the next beat on, until `unwatch`."""
+    def watch(self, ctx: JobContext, peaks: JobPeaks | None = None) -> None:
+        """Renew `ctx`'s lease from the next beat on, until `unwatch` (and sample its utilisation into `peaks`)."""
         with self._beating:
             self._jobs[ctx.job_id] = ctx
+            if peaks is not None:
+                self._peaks[ctx.job_id] = peaks
 
     def unwatch(self, ctx: JobContext) -> None:
         """Stop renewing `ctx`'s lease, once a renewal in flight is done (waiting `UNWATCH_WAIT_SECONDS` at most)."""
         got = self._beating.acquire(timeout=UNWATCH_WAIT_SECONDS)
         try:
             self._jobs.pop(ctx.job_id, None)
+            self._peaks.pop(ctx.job_id, None)
         finally:
             if got:
                 self._beating.release()
@@ -66,6 +72,8 @@ class Heartbeat(threading.Thread):
             jobs = list(self._jobs.values())
             for ctx in jobs:
                 ctx.heartbeat()
+            peaks = [(ctx, self._peaks[ctx.job_id]) for ctx in jobs if ctx.job_id in self._peaks]
+        sample = _sample()
         # The row write is outside the lock: a row held by another transaction stalls this beat,
         # never a job's end. The job the worker runs is set at the claim and cleared at the end
         # (workers/runner.py), not here, so a late beat cannot bring back a finished job.
@@ -74,11 +82,28 @@ class Heartbeat(threading.Thread):
                 w = s.get(Worker, self.node)
                 if w is not None:
                     w.last_heartbeat = utcnow()
+                    if sample and w.pid == os.getpid():  # the worker's main process: its whole tree
+                        w.load = sample
                     if w.draining:
                         for ctx in jobs:
                             ctx.mark_draining()
+                for ctx, peak in peaks if sample else ():  # the job's series, in the row's transaction
+                    peak.add(sample)
+                    data = {"t": peak.elapsed(), **sample}
+                    s.add(JobEvent(job_id=ctx.job_id, attempt=ctx.attempt, type="sys", data=data))
         except Exception:
             log.exception("worker heartbeat failed (the jobs go on)")
+
+
+def _sample() -> dict[str, float]:
+    """This process's utilisation now (empty where it cannot be read; the beat goes on)."""
+    settings = get_settings()
+    sampler = process_sampler(settings.device != "cpu", settings.cuda_visible_devices)
+    try:
+        return sampler.sample() if sampler is not None else {}
+    except Exception:
+        log.exception("utilisation sample failed")
+        return {}
 
 
 _lock = threading.Lock()

@@ -38,7 +38,9 @@ from workers.device_faults import (
     resolve_device,
 )
 from workers.heartbeat import process_heartbeat
+from workers.logcapture import AttemptLog, capturing
 from workers.runners import Preempted
+from workers.utilisation import JobPeaks
 
 log = logging.getLogger(__name__)
 TRACEBACK_TAIL = 4000  # the most of an error message an event row keeps
@@ -112,16 +114,22 @@ def execute(
     ctx = JobContext(job, attempt, owner, params, settings, get_store(settings), device, workdir, drain_event)
     # The lease is renewed from here on: importing torch and loading models can take a while.
     beat = process_heartbeat(node, settings.heartbeat_seconds, db)
-    beat.watch(ctx)
+    peaks, attempt_log = JobPeaks(), AttemptLog(ctx.store, job_id, attempt)  # no I/O until used
+    beat.watch(ctx, peaks)
     returned = False
     try:
         if ctx.device is None:
             ctx.device = default_device(settings.torch_threads, settings.device)
-        result = load_runner(spec)(ctx)
+        peaks.begin(ctx.device)
+        with capturing(attempt_log):  # stdout, stderr, logging -> the attempt's log (workers/logcapture.py)
+            result = load_runner(spec)(ctx)
+        result = {**(result or {}), "sys": peaks.result()}
         returned = True  # the result's commit below clears the worker's current job
     except Exception as exc:
-        return _error_outcome(ctx, db, spec.name, exc)
+        data = _log_failure(ctx, db, attempt_log, exc)
+        return _error_outcome(ctx, db, spec.name, exc, data)
     finally:
+        attempt_log.close()  # its last chunk is stored before the attempt's end is recorded
         beat.unwatch(ctx)
         if not returned:  # else the result's commit below clears the worker's current job
             _set_current(db, node, None)
@@ -162,7 +170,31 @@ def _set_current(db: str, node: str, job_id: str | None) -> None:
         log.exception("could not update worker %s", node)
 
 
-def _error_outcome(ctx: JobContext, db: str, kind: str, exc: Exception) -> Outcome:
+def _log_failure(ctx: JobContext, db: str, attempt_log: AttemptLog, exc: Exception) -> dict[str, Any] | None:
+    """The traceback into the attempt's log, at the job's last progress step; that step and its place in the log.
+
+    Stored before the attempt's end is recorded, so a reader that sees the job failed finds it there.
+    """
+    if isinstance(exc, Preempted | Stopped):
+        attempt_log.close()
+        return None
+    # Throttled progress not yet written is newer than the row (workers/context/lease.py).
+    pending = getattr(ctx, "_pending", None)
+    step: int | None = None
+    try:
+        if pending and "progress_step" in pending:
+            step = int(pending["progress_step"])
+        else:
+            with session_scope(db, durable=False) as s:
+                step = s.scalar(select(Job.progress_step).where(Job.id == ctx.job_id))
+    except Exception:
+        log.exception("could not read the last step of job %s", ctx.job_id)
+    offset = attempt_log.write_exception(exc, step)
+    attempt_log.close()
+    return {"step": step, "log": {"attempt": ctx.attempt, "offset": offset}}
+
+
+def _error_outcome(ctx: JobContext, db: str, kind: str, exc: Exception, data: dict[str, Any] | None = None) -> Outcome:
     """The one place where what a runner raised becomes the job's outcome.
 
     - `Preempted` (or ml's `Stopped`, which a runner need not translate): the run checkpointed
@@ -189,8 +221,8 @@ def _error_outcome(ctx: JobContext, db: str, kind: str, exc: Exception) -> Outco
     if fault == "out_of_memory":
         message = oom_message(kind, ctx.params, ctx.device, exc)
         release_device_memory(exc)
-        return _fail(db, ctx.job_id, ctx.attempt, ctx.worker_id, exc, message=message)
-    return _fail(db, ctx.job_id, ctx.attempt, ctx.worker_id, exc)
+        return _fail(db, ctx.job_id, ctx.attempt, ctx.worker_id, exc, message=message, data=data)
+    return _fail(db, ctx.job_id, ctx.attempt, ctx.worker_id, exc, data=data)
 
 
 def _device_lost(ctx: JobContext, db: str, kind: str, exc: Exception) -> Outcome:
@@ -274,7 +306,10 @@ def _send_again(db: str, job_id: str, kind: str, queue: str) -> None:
         send_job(s, job_id, kind, queue)
 
 
-def _fail(db: str, job_id: str, attempt: int, owner: str, exc: BaseException, message: str | None = None) -> Outcome:
+def _fail(
+    db: str, job_id: str, attempt: int, owner: str, exc: BaseException, message: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> Outcome:  # fmt: skip
     if message is not None:
         pass  # said by the caller (device faults): no traceback, the message names the remedy
     elif isinstance(exc, JobInputError | InputError):
@@ -292,6 +327,7 @@ def _fail(db: str, job_id: str, attempt: int, owner: str, exc: BaseException, me
     with session_scope(db) as s:
         # The status and its error event in one commit: a reader that sees `failed` also sees why.
         finish(s, job_id, attempt, owner, JobStatus.FAILED, error=message)
-        s.add(JobEvent(job_id=job_id, attempt=attempt, type="error", message=message[:TRACEBACK_TAIL]))
+        # `data`: the job's step at the failure and where the traceback starts in the attempt's log.
+        s.add(JobEvent(job_id=job_id, attempt=attempt, type="error", message=message[:TRACEBACK_TAIL], data=data))
     log.warning("job %s failed: %s", job_id, str(exc)[:500])
     return Outcome("failed", message)

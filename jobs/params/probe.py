@@ -11,7 +11,7 @@ from jobs.kindspec import KindSpec
 
 # Test knobs: accepted by the API but left out of `GET /kinds` (and so of the dashboard's form), and
 # stored only when set, so an ordinary probe's params read as they always did.
-HIDDEN = ("fault", "fault_attempts", "allocate_gib")
+HIDDEN = ("fault", "fault_attempts", "allocate_gib", "chatter", "fail_at_second")
 
 
 class ProbeParams(BaseModel):
@@ -44,6 +44,20 @@ class ProbeParams(BaseModel):
         le=1e6,
         description="Test only: allocate this many GiB on the device before the matmul (beyond the GPU's memory: "
         "a real out-of-memory error).",
+    )
+
+    chatter: SkipJsonSchema[bool | None] = Field(
+        None,
+        description="Test only: each second of duration_seconds, print a line with the wall time to stdout, "
+        "one to stderr and log one at INFO (the worker's log capture).",
+    )
+
+    fail_at_second: SkipJsonSchema[int | None] = Field(
+        None,
+        ge=1,
+        le=24 * 3600,
+        description="Test only: raise fail_with at this second of duration_seconds (after its progress), not before "
+        "the matmul: a failure at a known step.",
     )
 
     @model_serializer(mode="wrap")

@@ -52,6 +52,8 @@ PRIVATE_ROUTES = {
     ("GET", "/jobs/{job_id}/events"),
     ("GET", "/jobs/{job_id}/artifacts"),
     ("GET", "/jobs/{job_id}/artifacts/{name}"),
+    ("GET", "/jobs/{job_id}/logs"),
+    ("GET", "/jobs/{job_id}/logs/download"),
     ("GET", "/ui/links/jobs/{job_id}/artifacts/{name}"),
     ("GET", "/kinds"),
     ("GET", "/datasets"),
@@ -138,7 +140,7 @@ def test_another_keys_things_read_as_unknown(stack: Any, orl_dir: Any) -> None:
 
     # Every keyed route that names one of the owner's things, taken from the app (hidden ones included).
     by_id = sorted((m, p) for m, p in app_routes(stack.app) & PRIVATE_ROUTES if any(o in p for o in OWNED_PARAMS))
-    assert len(by_id) == 14, by_id
+    assert len(by_id) == 16, by_id
     for method, path in by_id:
         url = fill(path, ids)
         if method == "GET":  # the owner reads it, so the other key's 404 is the owner check, not a bad URL

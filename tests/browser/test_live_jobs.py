@@ -71,7 +71,7 @@ def test_submit_probe_from_the_form_watch_it_succeed_and_download_its_artifact(
         page.click('a.download[data-name="probe.json"]')
     saved = Path(download.value.path())
     result = live.stack.client.get(f"/jobs/{job_id}").json()["result"]
-    assert json.loads(saved.read_text()) == result
+    assert json.loads(saved.read_text()) == {k: v for k, v in result.items() if k != "sys"}  # sys: peak memory
     assert download.value.suggested_filename == "probe.json"
     assert json.loads(page.locator("#j-result").inner_text()) == result
     page.screenshot(path=str(artifacts_dir / "dashboard-job-succeeded.png"), full_page=True)

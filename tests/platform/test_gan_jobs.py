@@ -52,7 +52,7 @@ def test_generator_encoder_and_recovery_chain_through_a_worker(services_stack: S
                          "seed": 2}, kind="recover_latent")  # fmt: skip
     job = stack.wait_job(rec, timeout=180)
     assert job["status"] == "succeeded", job["error"]
-    assert list(job["result"]) == METHODS
+    assert [m for m in job["result"] if m != "sys"] == METHODS  # "sys": the worker's peak memory
     z = np.load(io.BytesIO(download(stack, f"/jobs/{rec}/artifacts/z.npy")))
     assert z.shape == (4, 6, 8) and z.dtype == np.float32
     metrics = json.loads(download(stack, f"/jobs/{rec}/artifacts/metrics.json"))

@@ -29,7 +29,11 @@ def test_probe_runs_end_to_end(stack: Stack) -> None:
     assert (job["attempt"], job["progress"]) == (1, 1.0)
     arts = stack.client.get(f"/jobs/{job_id}/artifacts").json()
     assert [a["name"] for a in arts] == ["probe.json"]
-    assert json.loads(download(stack, f"/jobs/{job_id}/artifacts/probe.json")) == result
+    # The result is the runner's (probe.json) plus the worker's peak memory under "sys".
+    assert sorted(result["sys"]) == ["peak_rss_mb"] and result["sys"]["peak_rss_mb"] > 50  # torch alone is more
+    assert json.loads(download(stack, f"/jobs/{job_id}/artifacts/probe.json")) == {
+        k: v for k, v in result.items() if k != "sys"
+    }
     workers = stack.client.get("/workers").json()
     assert len(workers) == 1 and workers[0]["queues"] == "cpu,gpu" and not workers[0]["stale"]
 

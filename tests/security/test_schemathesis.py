@@ -29,7 +29,7 @@ HIDDEN_FROM_SCHEMA = {
     ("GET", "/"), ("GET", "/ui/jobs/{job_id}"), ("GET", "/ui/submit"), ("GET", "/ui/datasets"),
     ("GET", "/ui/workers"), ("MOUNT", "/ui/static"), ("GET", "/ui/links/jobs/{job_id}/artifacts/{name}"),
     ("GET", "/ui/verify"), ("GET", "/ui/search"), ("GET", "/ui/datasets/{dataset_id}"),
-    ("GET", "/ui/compare"),
+    ("GET", "/ui/compare"), ("GET", "/ui/pipelines/{pipeline_id}"), ("GET", "/ui/sweeps/{sweep_id}"),
 }  # fmt: skip
 EXAMPLES_PER_OPERATION = 12  # x 2 modes x 19 operations: about 450 requests
 

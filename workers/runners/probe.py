@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import socket
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -99,12 +101,23 @@ def _raise_fault(ctx: JobContext) -> None:
     p = params_as(ctx, ProbeParams)
     if p.fault_attempts is not None and ctx.attempt > p.fault_attempts:
         return
+    if p.fail_at_second is not None:
+        return  # raised in the loop, at that second
     if p.fault == "accelerator_error":
         raise torch.AcceleratorError(p.fail_with or "CUDA error: an illegal memory access was encountered")
     if p.fault == "out_of_memory":
         raise torch.OutOfMemoryError(p.fail_with or "CUDA out of memory. Tried to allocate 20.00 GiB")
     if p.fail_with:
         raise RuntimeError(p.fail_with)
+
+
+def _chatter(step: int) -> None:
+    """Test only: one line to each of stdout, stderr and logging, stamped with the wall time it was printed at."""
+    sys.stdout.write(f"tick {step} stdout at {time.time():.3f}\n")  # print is what a runner would use
+    sys.stdout.flush()
+    sys.stderr.write(f"tick {step} stderr\n")
+    sys.stderr.flush()
+    logging.getLogger("facejobs.probe").warning("tick %s logged", step)
 
 
 def run_probe(ctx: JobContext) -> dict[str, Any]:
@@ -133,8 +146,12 @@ def run_probe(ctx: JobContext) -> dict[str, Any]:
         while step < total:
             time.sleep(1.0)
             step += 1
+            if p.chatter:
+                _chatter(step)
             ctx.progress(step, total, gflops=info["gflops"])
             ctx.save_checkpoint({"step": step})
+            if p.fail_at_second == step:
+                raise RuntimeError(p.fail_with or f"failed at second {step}")
             if ctx.should_stop() and step < total:
                 raise Preempted(f"stopped at second {step}")
         info["seconds_run"] = total

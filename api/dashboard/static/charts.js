@@ -42,7 +42,9 @@
   }
 
   // A chart for points [[step, value], ...] sorted by step. Log scale when the values span 3+ decades.
-  function lineChart(name, points) {
+  // `xName` labels the x axis: "step" (training metrics) or "s" (utilisation, seconds into the attempt).
+  function lineChart(name, points, xName) {
+    const xn = xName || "step";
     const fmt = window.FJ.fmtNumber;
     const finite = points.filter((p) => isFinite(p[1]));
     const figure = document.createElement("figure");
@@ -84,7 +86,7 @@
       root.append(svg("line", { x1: PAD.left, x2: W - PAD.right, y1: y, y2: y, class: "grid" }));
       root.append(svg("text", { x: PAD.left - 6, y: y + 3.5, class: "ylab", "text-anchor": "end" }, fmt(v)));
     }
-    root.append(svg("text", { x: PAD.left, y: H - 6, class: "xlab" }, "step " + xs0));
+    root.append(svg("text", { x: PAD.left, y: H - 6, class: "xlab" }, xn + " " + xs0));
     root.append(svg("text", { x: W - PAD.right, y: H - 6, class: "xlab", "text-anchor": "end" }, String(xs1)));
     if (log) root.append(svg("text", { x: PAD.left + pw / 2, y: H - 6, class: "xlab", "text-anchor": "middle" }, "log scale"));
 
@@ -113,7 +115,7 @@
       vline.setAttribute("x2", x);
       dot.setAttribute("cx", x);
       dot.setAttribute("cy", Y(p[1]));
-      label.textContent = "step " + p[0] + ": " + fmt(p[1]);
+      label.textContent = xn + " " + p[0] + ": " + fmt(p[1]);
       const right = x > PAD.left + pw / 2;
       label.setAttribute("x", right ? x - 5 : x + 5);
       label.setAttribute("text-anchor", right ? "end" : "start");

@@ -6,6 +6,7 @@
     fmtNumber, jobDuration, statusBadge, ApiError } = window.FJ;
   const E = window.FJ.events;
   const A = window.FJ.artifacts;
+  const O = window.FJ.joblog;
   const MAX_PLOTS = 12;
   const ACTIVE_MS = 2000;
   const TERMINAL_MS = 10000;
@@ -13,6 +14,7 @@
 
   const jobId = document.body.dataset.jobId;
   const ev = E.createEvents(jobId);
+  const out = O.createLog(jobId);
   const S = { job: null, artifactsSig: "", artifactsAfterEnd: false, poller: null, images: new Map() };
 
   function kv(list) {
@@ -172,6 +174,7 @@
     E.renderCharts(ev);
     E.renderHistory(ev, job);
     E.renderLog(ev);
+    await O.tailLog(out, job);
     await loadArtifacts(job);
   }
 
@@ -194,6 +197,7 @@
     $("#btn-retry").addEventListener("click", () => act("retry"));
     $("#j-log-progress").addEventListener("change", () => { ev.logDirty = true; E.renderLog(ev); });
     $("#j-art-filter").addEventListener("input", () => renderArtifacts(S.artifacts || []));
+    O.bindLog(out, () => S.poller.now(), (err) => toast("Download failed: " + err.message, "bad"));
     S.poller = poll(tick, () => (S.job && TERMINAL.has(S.job.status) ? TERMINAL_MS : ACTIVE_MS));
   }
 

@@ -39,6 +39,17 @@
       if (ev.progress.length > 400) ev.progress.splice(0, ev.progress.length - 400);
       ev.progressTail.push(e);
       if (ev.progressTail.length > TAIL) ev.progressTail.shift();
+    } else if (e.type === "sys") {
+      // The worker's utilisation samples (sys/cpu_pct, sys/rss_mb, sys/gpu_*), by seconds since the attempt began;
+      // each attempt starts again at 0, so a series holds the latest attempt's curve over the earlier ones' tail.
+      const d = e.data || {};
+      for (const [k, v] of Object.entries(d)) {
+        if (!k.startsWith("sys/") || typeof v !== "number") continue;
+        if (!ev.series.has(k)) ev.series.set(k, new Map());
+        ev.series.get(k).set(Number(d.t), v);
+        ev.seriesDirty = true;
+      }
+      return;
     } else {
       if (e.type === "status" || e.type === "error") { ev.history.push(e); ev.historyDirty = true; }
       ev.tail.push(e);
@@ -92,7 +103,7 @@
     for (const [name, byStep] of ev.series) {
       const pts = [...byStep.entries()].sort((a, b) => a[0] - b[0]);
       n = Math.max(n, pts.length);
-      charts.push(window.FJ.lineChart(name, pts));
+      charts.push(window.FJ.lineChart(name, pts, name.startsWith("sys/") ? "s" : "step"));
     }
     setChildren($("#j-charts"), charts);
     $("#j-charts-note").textContent = n + " point" + (n === 1 ? "" : "s") + " from progress events";

@@ -11,6 +11,15 @@
     return el("span", { class: "badge s-queued" }, "idle");
   }
 
+  // The latest utilisation sample of the worker's process tree (its heartbeat's): CPU, memory, GPU where NVML answers.
+  function loadText(load) {
+    if (!load) return "–";
+    const parts = ["cpu " + Math.round(load["sys/cpu_pct"] || 0) + "%", "mem " + Math.round(load["sys/rss_mb"] || 0) + " MiB"];
+    if (load["sys/gpu_util_pct"] !== undefined) parts.push("gpu " + Math.round(load["sys/gpu_util_pct"]) + "%");
+    if (load["sys/gpu_mem_mb"] !== undefined) parts.push("gpu mem " + Math.round(load["sys/gpu_mem_mb"]) + " MiB");
+    return parts.join(" · ");
+  }
+
   async function load() {
     const workers = rows(await api("/workers"));
     setChildren($("#workers-table tbody"), workers.map((w) => {
@@ -26,7 +35,8 @@
           el("a", { href: "/ui/jobs/" + encodeURIComponent(w.current_job_id), title: w.current_job_id },
             shortId(w.current_job_id)) : "–"),
         el("td", { title: fmtTime(beat), class: w.stale ? "bad" : "" }, fmtAgo(beat)),
-        el("td", { title: fmtTime(started) }, fmtAgo(started)));
+        el("td", { title: fmtTime(started) }, fmtAgo(started)),
+        el("td", { class: "mono small" }, loadText(w.load)));
     }));
     $("#w-empty").hidden = workers.length > 0;
     $("#workers-table").hidden = workers.length === 0;
