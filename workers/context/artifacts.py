@@ -9,6 +9,7 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from jobs.models import Artifact
+from jobs.states import utcnow
 from jobs.store import join_key
 from workers.context.base import ContextBase
 
@@ -19,21 +20,33 @@ class Artifacts(ContextBase):
     """Store a job's results and previews where the API serves them from."""
 
     def put_artifact(self, name: str, data: bytes | Path, content_type: str = "application/octet-stream") -> Artifact:
-        """Store an artifact under `jobs/{id}/{name}` and record it (replacing one of the same name)."""
+        """Store an artifact under `jobs/{id}/{name}` and record it (replacing one of the same name).
+
+        While writes are held (`hold_writes`) the row is recorded with the job's end, and the row
+        returned is not in the database yet.
+        """
         key = join_key(f"jobs/{self.job_id}", name)
         if isinstance(data, Path):
             obj = self.store.put_file(key, data, content_type)
         else:
             obj = self.store.put_bytes(key, data, content_type)
 
-        def record(s: Session) -> Artifact:
+        stamp = utcnow()
+
+        def row() -> Artifact:
+            return Artifact(job_id=self.job_id, name=name, key=key, size=obj.size, sha256=obj.sha256,
+                            content_type=content_type, created_at=stamp)  # fmt: skip
+
+        def record(s: Session, art: Artifact | None = None) -> Artifact:
             s.execute(delete(Artifact).where(Artifact.job_id == self.job_id, Artifact.name == name))
-            art = Artifact(
-                job_id=self.job_id, name=name, key=key, size=obj.size, sha256=obj.sha256, content_type=content_type
-            )
+            art = art or row()
             s.add(art)
             return art
 
+        if self._held is not None:
+            held = row()
+            self._hold(lambda s: record(s, held))
+            return held
         return self._write(record)
 
     def preview(self, name: str, png: bytes) -> None:
