@@ -25,7 +25,7 @@ from jobs.kinds import get_kind, load_runner, validate_params
 from jobs.models import Job, JobEvent, Worker
 from jobs.redact import new_error_id, scrub_paths
 from jobs.settings import Settings, get_settings
-from jobs.states import JobStatus, claim_job, finish, requeue, utcnow
+from jobs.states import JobStatus, claim_running, finish, requeue, utcnow
 from jobs.store import get_store
 from jobs.submit import send_job
 from ml.core.errors import InputError, Stopped
@@ -94,13 +94,9 @@ def execute(
     # second can undo it, and then this attempt's fenced writes (its result included) fail, the job
     # reads queued, and the reaper sends it again. The result's commit below is durable.
     with session_scope(db, durable=False) as s:
-        job = claim_job(s, job_id, owner, settings.lease_seconds)
+        # The claim, its `running on` event and the worker's current job: one statement (PostgreSQL).
+        job = claim_running(s, job_id, owner, settings.lease_seconds, node)
         attempt = job.attempt if job is not None else None
-        if attempt is not None and job is not None:
-            # The claim, its event and the worker's current job in one commit (each was a commit of its own).
-            running = f"running on {owner} (attempt {attempt})"
-            s.add(JobEvent(job_id=job_id, attempt=attempt, type="status", message=running))
-            _mark_current(s, node, job_id)
     if attempt is None or job is None:
         log.info("job %s is not queued (or is cancelled): message dropped", job_id)
         return Outcome("dropped")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sqlalchemy import delete
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from jobs.models import Artifact
+from jobs.models import Artifact, new_id
 from jobs.states import utcnow
 from jobs.store import join_key
 from workers.context.base import ContextBase
@@ -31,22 +32,20 @@ class Artifacts(ContextBase):
         else:
             obj = self.store.put_bytes(key, data, content_type)
 
-        stamp = utcnow()
+        values = {"id": new_id(), "job_id": self.job_id, "name": name, "key": key, "size": obj.size,
+                  "sha256": obj.sha256, "content_type": content_type, "created_at": utcnow()}  # fmt: skip
 
-        def row() -> Artifact:
-            return Artifact(job_id=self.job_id, name=name, key=key, size=obj.size, sha256=obj.sha256,
-                            content_type=content_type, created_at=stamp)  # fmt: skip
+        def record(s: Session) -> Artifact:
+            # One statement, not a DELETE and an INSERT: a row of the same name (an earlier attempt's,
+            # a preview's last frame) is replaced in place by the new one, id and all.
+            insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+            stmt = insert(Artifact).values(**values)
+            replaced = {c: stmt.excluded[c] for c in values if c not in ("job_id", "name")}
+            s.execute(stmt.on_conflict_do_update(index_elements=["job_id", "name"], set_=replaced))
+            return Artifact(**values)
 
-        def record(s: Session, art: Artifact | None = None) -> Artifact:
-            s.execute(delete(Artifact).where(Artifact.job_id == self.job_id, Artifact.name == name))
-            art = art or row()
-            s.add(art)
-            return art
-
-        if self._held is not None:
-            held = row()
-            self._hold(lambda s: record(s, held))
-            return held
+        if self._hold(record):
+            return Artifact(**values)  # recorded with the job's end (`hold_writes`)
         return self._write(record)
 
     def preview(self, name: str, png: bytes) -> None:
