@@ -148,8 +148,8 @@ def stamps(db_url: str, client: dict[str, dict[str, float]]) -> dict[str, dict[s
     from jobs.db import session_scope
     from jobs.models import Artifact, Job, JobEvent
 
-    def ts(d: datetime) -> float:
-        return d.replace(tzinfo=UTC).timestamp()
+    def ts(d: datetime | None) -> float:  # None (a stamp a job lacks) reads as NaN, not a crash
+        return d.replace(tzinfo=UTC).timestamp() if d is not None else float("nan")
 
     ids = list(client)
     out: dict[str, dict[str, float]] = {}
@@ -283,7 +283,7 @@ def main() -> int:
         serve_raw_worker(args.raw_worker)
         return 0
     n_rt, n_scale = (40, 40) if args.quick else (200, 200)
-    process_counts = (1, 4) if args.quick else (1, 4, 16)
+    process_counts: tuple[int, ...] = (1, 4) if args.quick else (1, 4, 16)
     if args.processes:
         process_counts = tuple(int(p) for p in args.processes.split(","))
 

@@ -1,10 +1,10 @@
 """The one submit service: store a job as queued, send its broker message, stamp when it was sent.
 
 The API's create and retry, the worker's resend after a requeue and the reaper's resend all go
-through `send_job` (a submit through `submit_job`, which stamps in the row's own commit), so "the
+through `send_job` (a new job through `submit_job`, which stamps in the row's own commit), so "the
 message is out" means the same everywhere: `enqueued_at` is the time of the last send, and NULL
-when the broker refused it. The reaper re-sends every queued job whose
-stamp is NULL (and those whose queue lost its messages), so a broker outage never loses a job.
+when the broker refused it. The reaper re-sends every queued job whose stamp is NULL (and those
+whose queue lost its messages), so a broker outage never loses a job.
 
 The Celery app is passed in (the API's, or the default sending app of `jobs.broker`), so this
 module needs neither the API nor the workers' task code.

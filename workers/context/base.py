@@ -82,7 +82,7 @@ class ContextBase:
         """Keep this job's events, progress and artifact rows until it ends, and write them with its end.
 
         For a runner that ends within moments (the probe without `duration_seconds`): its progress,
-        log line and artifact row are then part of the result's one commit (`workers.runner`), four
+        log line and artifact row are then part of the result's one commit (`workers.runner`), three
         transactions fewer a job. The artifact's bytes are still stored at once; only its row waits.
         A reader sees them all when it sees the job succeeded; a runner that raises has them written
         in one transaction before its end is recorded (`write_held`).
