@@ -88,8 +88,15 @@ def wait_until_ended(session: Session, job: Job, url: str, seconds: float) -> No
     The session's transaction is ended before each wait, so a waiting request holds no pooled connection.
     """
     deadline = time.monotonic() + min(seconds, MAX_WAIT_SECONDS)
+    postgres = url.startswith("postgresql")
+    first = True
     with _watch(url, job.id) as ended:
         while True:
+            if postgres and not first:
+                # A re-read after a wait is its own transaction: in autocommit it is one round trip, not
+                # BEGIN, SELECT and COMMIT (the connection is set back when it returns to the pool).
+                session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+            first = False
             session.refresh(job)  # after registering: an end announced from here on is not missed
             session.commit()  # the session does not expire on commit: `job` stays readable
             left = deadline - time.monotonic()

@@ -53,14 +53,17 @@ from bench.load import REDIS_URL, create_database, delete_redis_keys, drop_datab
 
 PARAMS = {"matmul_size": 16, "matmul_repeats": 1}
 RAW_TASK = "bench.echo"
-STAGES = (  # (label, from stamp, to stamp): the client's clock, then the stamps stored in the job's rows
+# (label, from stamp, to stamp): the client's clock, then the stamps stored in the job's rows. Each is
+# taken in Python when its row is built: the sent stamp before the row's commit and the send; the
+# probe's progress, log and artifact stamps when it calls them (their rows are written with the result).
+STAGES = (
     ("client: POST sent -> row created", "post", "created"),
-    ("API: row created -> message sent", "created", "enqueued"),
-    ("broker + Celery -> claimed", "enqueued", "started"),
+    ("API: row created -> sent stamp (in its commit)", "created", "enqueued"),
+    ("commit, send, broker + Celery -> claimed", "enqueued", "started"),
     ("claimed -> 'running' event", "started", "running_event"),
     ("set-up, torch, matmul -> progress", "running_event", "progress_event"),
     ("progress -> log event", "progress_event", "log_event"),
-    ("log -> artifact stored", "log_event", "artifact"),
+    ("log -> artifact stored (file, fsync)", "log_event", "artifact"),
     ("artifact -> finished", "artifact", "finished"),
     ("finished -> 'succeeded' event", "finished", "succeeded_event"),
     ("finished -> client reads succeeded", "finished", "seen"),
@@ -145,8 +148,8 @@ def stamps(db_url: str, client: dict[str, dict[str, float]]) -> dict[str, dict[s
     from jobs.db import session_scope
     from jobs.models import Artifact, Job, JobEvent
 
-    def ts(d: datetime) -> float:
-        return d.replace(tzinfo=UTC).timestamp()
+    def ts(d: datetime | None) -> float:  # None (a stamp a job lacks) reads as NaN, not a crash
+        return d.replace(tzinfo=UTC).timestamp() if d is not None else float("nan")
 
     ids = list(client)
     out: dict[str, dict[str, float]] = {}
@@ -280,7 +283,7 @@ def main() -> int:
         serve_raw_worker(args.raw_worker)
         return 0
     n_rt, n_scale = (40, 40) if args.quick else (200, 200)
-    process_counts = (1, 4) if args.quick else (1, 4, 16)
+    process_counts: tuple[int, ...] = (1, 4) if args.quick else (1, 4, 16)
     if args.processes:
         process_counts = tuple(int(p) for p in args.processes.split(","))
 

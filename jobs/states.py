@@ -19,8 +19,8 @@ import enum
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import CursorResult, and_, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import CursorResult, DateTime, String, and_, cast, exists, func, insert, literal, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 if TYPE_CHECKING:
     from jobs.models import Job
@@ -112,8 +112,50 @@ def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: int)
     fewer per job than claiming and then reading the job.
     """
     job = _job()
+    stmt = _claim_statement(job_id, worker_id, lease_seconds, utcnow())
+    claimed: Job | None = session.execute(stmt.returning(job)).scalars().first()
+    return claimed
+
+
+def claim_running(session: Session, job_id: str, worker_id: str, lease_seconds: int, node: str) -> Job | None:
+    """`claim_job`, and with it the `running on` event and worker row `node`'s current job, in one statement.
+
+    On PostgreSQL the three writes are one statement (data-modifying CTEs: the event and the worker
+    row are written only when the swap won), one round trip instead of three; SQLite has no such
+    CTEs and sends them one by one. The event reads `running on <worker_id> (attempt <n>)`.
+    """
+    from jobs.models import JobEvent, Worker
+
+    job = _job()
     now = utcnow()
-    res = session.execute(
+    prefix = f"running on {worker_id} (attempt "
+    if session.get_bind().dialect.name != "postgresql":
+        one = claim_job(session, job_id, worker_id, lease_seconds)
+        if one is not None:
+            session.add(JobEvent(job_id=job_id, attempt=one.attempt, type="status",
+                                 message=f"{prefix}{one.attempt})", created_at=now))  # fmt: skip
+            session.execute(update(Worker).where(Worker.id == node).values(current_job_id=job_id, last_heartbeat=now))
+        return one
+    won = _claim_statement(job_id, worker_id, lease_seconds, now).returning(*job.__table__.c).cte("claimed")
+    message = literal(prefix) + cast(won.c.attempt, String) + literal(")")
+    event = insert(JobEvent).from_select(
+        ["job_id", "attempt", "type", "message", "created_at"],
+        select(won.c.id, won.c.attempt, literal("status"), message, literal(now, DateTime())),
+    )
+    worker = (
+        update(Worker)
+        .where(Worker.id == node, exists(select(won.c.id)))
+        .values(current_job_id=job_id, last_heartbeat=now)
+    )
+    stmt = select(aliased(job, won)).add_cte(event.cte("running_event"), worker.cte("current_job"))
+    claimed: Job | None = session.execute(stmt).scalars().first()
+    return claimed
+
+
+def _claim_statement(job_id: str, worker_id: str, lease_seconds: int, now: datetime) -> Any:
+    """The compare-and-swap UPDATE of a claim: queued (and not cancelled) -> running for `worker_id`."""
+    job = _job()
+    return (
         update(job)
         .where(job.id == job_id, job.status == JobStatus.QUEUED, job.cancel_requested.is_(False))
         .values(
@@ -124,10 +166,7 @@ def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: int)
             started_at=now,
             updated_at=now,
         )
-        .returning(job)
     )
-    claimed: Job | None = res.scalars().first()
-    return claimed
 
 
 def renew_lease(

@@ -25,7 +25,7 @@ from jobs.kinds import get_kind, load_runner, validate_params
 from jobs.models import Job, JobEvent, Worker
 from jobs.redact import new_error_id, scrub_paths
 from jobs.settings import Settings, get_settings
-from jobs.states import JobStatus, claim_job, finish, requeue, utcnow
+from jobs.states import JobStatus, claim_running, finish, requeue, utcnow
 from jobs.store import get_store
 from jobs.submit import send_job
 from ml.core.errors import InputError, Stopped
@@ -91,21 +91,20 @@ def execute(
     settings = settings or get_settings()
     db = settings.resolved_database_url
     node, owner = worker_identity(node)
-    with session_scope(db) as s:
-        job = claim_job(s, job_id, owner, settings.lease_seconds)
+    # The claim commits without waiting for the WAL flush (`relax_commit`): others see it at once, so
+    # the compare-and-swap is as strict; only a crash of the database server within a fraction of a
+    # second can undo it, and then this attempt's fenced writes (its result included) fail, the job
+    # reads queued, and the reaper sends it again. The result's commit below is durable.
+    with session_scope(db, durable=False) as s:
+        # The claim, its `running on` event and the worker's current job: one statement (PostgreSQL).
+        job = claim_running(s, job_id, owner, settings.lease_seconds, node)
         attempt = job.attempt if job is not None else None
-        if attempt is not None and job is not None:
-            # The claim, its event and the worker's current job in one commit (each was a commit of its own).
-            running = f"running on {owner} (attempt {attempt})"
-            s.add(JobEvent(job_id=job_id, attempt=attempt, type="status", message=running))
-            _mark_current(s, node, job_id)
     if attempt is None or job is None:
         log.info("job %s is not queued (or is cancelled): message dropped", job_id)
         return Outcome("dropped")
 
     spec = get_kind(job.kind)
-    workdir = settings.home.resolve() / "work" / f"{job_id}-{attempt}"
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = settings.home.resolve() / "work" / f"{job_id}-{attempt}"  # made when a runner first asks
     try:
         params = validate_params(job.kind, job.params)
     except Exception as exc:
@@ -126,6 +125,7 @@ def execute(
         result = {**(result or {}), "sys": peaks.result()}
         returned = True  # the result's commit below clears the worker's current job
     except Exception as exc:
+        ctx.write_held()  # its log lines and progress before the end that says why
         data = _log_failure(ctx, db, attempt_log, exc)
         return _error_outcome(ctx, db, spec.name, exc, data)
     finally:
@@ -133,19 +133,22 @@ def execute(
         beat.unwatch(ctx)
         if not returned:  # else the result's commit below clears the worker's current job
             _set_current(db, node, None)
-        shutil.rmtree(workdir, ignore_errors=True)
+        if ctx.workdir_made:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     try:
         with session_scope(db) as s:
             # The worker row first, in the result's commit (one transaction fewer per job): should that
             # row be locked, this waits before holding the job's row, so the reaper is never stuck behind it.
             _mark_current(s, node, None)
+            # Progress held for this commit (`JobContext.hold_writes`) is written by the same UPDATE.
+            held = ctx.held_values
+            done = held.get("progress_total", Job.progress_total)
             ok = finish(
-                s, job_id, attempt, owner, JobStatus.SUCCEEDED, result=result or {},
-                progress_step=Job.progress_total,
+                s, job_id, attempt, owner, JobStatus.SUCCEEDED, result=result or {}, **{**held, "progress_step": done}
             )  # fmt: skip
-            if ok:  # the result and its event in one commit
-                s.add(JobEvent(job_id=job_id, attempt=attempt, type="status", message="succeeded"))
+            if ok:  # the result, its event and any held rows in one commit
+                ctx.add_held(s, ctx.event_row("status", "succeeded"))
     except OperationalError:
         _set_current(db, node, None)
         raise  # the database is away: the lease runs out and the reaper gives the job another attempt

@@ -5,14 +5,16 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from jobs.db import session_scope
-from jobs.models import Job
+from jobs.models import Job, JobEvent, Worker
 from jobs.states import (
     JobStatus,
     TransitionError,
     check_transition,
     claim,
+    claim_running,
     fenced_update,
     finish,
     reap_expired,
@@ -38,6 +40,24 @@ def test_claim_is_exclusive_and_counts_attempts(db_url: str) -> None:
         assert claim(s, job_id, "w2/2", 60) is None  # a duplicate message loses
         job = s.get(Job, job_id)
         assert (job.status, job.attempt, job.lease_owner) == (JobStatus.RUNNING, 1, "w1/1")
+
+
+def test_claim_running_writes_its_event_and_the_worker_row_only_when_it_wins(db_url: str) -> None:
+    job_id = _new_job(db_url)
+    with session_scope(db_url) as s:
+        for node in ("n1@h", "n2@h"):
+            s.add(Worker(id=node, hostname="h", pid=1, queues="gpu"))
+    with session_scope(db_url) as s:
+        job = claim_running(s, job_id, "n1@h/7", 60, "n1@h")
+        assert job is not None and (job.id, job.status, job.attempt, job.lease_owner) == (
+            job_id, JobStatus.RUNNING, 1, "n1@h/7",
+        )  # fmt: skip
+    with session_scope(db_url) as s:
+        assert claim_running(s, job_id, "n2@h/8", 60, "n2@h") is None  # a duplicate message loses, writes nothing
+    with session_scope(db_url) as s:
+        events = s.execute(select(JobEvent.attempt, JobEvent.type, JobEvent.message).where(JobEvent.job_id == job_id))
+        assert [tuple(e) for e in events] == [(1, "status", "running on n1@h/7 (attempt 1)")]
+        assert (s.get(Worker, "n1@h").current_job_id, s.get(Worker, "n2@h").current_job_id) == (job_id, None)
 
 
 def test_writes_are_fenced_by_attempt_and_owner(db_url: str) -> None:

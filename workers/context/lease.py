@@ -73,6 +73,10 @@ class LeaseAndProgress(ContextBase):
         clean = {k: float(v) for k, v in metrics.items()}
         now = time.monotonic()
         values = {"progress_step": int(step), "progress_total": int(total), "metrics": clean}
+        if self._held is not None:  # written with the job's end (`hold_writes`)
+            self.held_values.update(values)
+            self._held_events.append(self.event_row("progress", data={"step": int(step), "total": int(total), **clean}))
+            return
         if now - self._last_progress_write < self.settings.progress_min_interval_seconds and step < total:
             with self._lock:
                 self._pending = values
