@@ -27,8 +27,8 @@ from jobs.store import Store, get_store
 OwnedT = TypeVar("OwnedT", Job, Dataset, Model)
 
 
-def get_app_settings(request: Request) -> Settings:
-    """Dependency: the settings the app was created with."""
+async def get_app_settings(request: Request) -> Settings:
+    """Dependency: the settings the app was created with (async: no I/O, so no thread-pool hop)."""
     settings: Settings = request.app.state.settings
     return settings
 
@@ -48,8 +48,8 @@ def get_session(settings: SettingsDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_app_celery(request: Request) -> Celery:
-    """Dependency: the Celery app this API sends job messages with."""
+async def get_app_celery(request: Request) -> Celery:
+    """Dependency: the Celery app this API sends job messages with (async: no thread-pool hop)."""
     celery: Celery = request.app.state.celery
     return celery
 
