@@ -1,0 +1,96 @@
+"""The suite's slow training recipes, each written once: what several tests (or modules) train and share.
+
+- `train_mnist_arcface`: se_resnet18 with ArcFace on 75% of MNIST (by sample), the `mnist_arcface`
+  session fixture of tests/ml (training quality, saving, model inversion).
+- `train_mnist_gan`: a DCGAN trained briefly on real MNIST, exported in the generator contract, and
+  an encoder trained for it (tests/ml/gan/test_gan_recovery.py).
+- The ORL gallery models are `tests.support.orl_gallery.train_gallery_model`.
+
+Each runs with one torch thread (`tests.support.threads`), so its numbers are the same in the test
+process and in the background process of `tests.support.pretrain`, which trains them while the
+first tests run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ml.arcface.train import TrainConfig, TrainedEmbedding, train_embedding
+from ml.core.callbacks import LocalCallbacks
+from ml.data import load_mnist
+from ml.gan.train_encoder import EncoderConfig, train_encoder
+from ml.gan.train_gan import DCGANConfig, export_dcgan, train_dcgan
+from tests.support.threads import one_torch_thread
+
+MNIST_ARCFACE_CONFIG = TrainConfig(
+    backbone="se_resnet18",
+    backbone_kwargs={"base_width": 16},
+    embedding_size=128,
+    image_size=32,
+    in_channels=1,
+    # s=32 rather than the face default 64: with 10 classes s=64 left held-out verification at
+    # 0.989-0.994 depending on the thread count; s=32 gives 0.995 (AUC 0.9999) in the same 12 epochs.
+    scale=32.0,
+    optimizer="sgd",
+    lr=0.1,
+    schedule="cosine",
+    epochs=12,
+    batch_size=128,
+    augment_shift=2,
+    split_by="sample",
+    test_fraction=0.25,
+    seed=0,
+)
+
+
+def train_mnist_arcface(mnist_dir: Path) -> TrainedEmbedding:
+    """`MNIST_ARCFACE_CONFIG` on the 8,000 shared MNIST images at 32x32; `config["fixture_seconds"]` is its time."""
+    # One thread: the recipe's numbers were measured so (float sums, hence the last digits of the
+    # metrics, depend on the thread count), and two threads on a shared 2-core box ran 18x slower.
+    started = time.monotonic()
+    with one_torch_thread():
+        result = train_embedding(load_mnist(mnist_dir, 32), MNIST_ARCFACE_CONFIG, LocalCallbacks())
+    result.config["fixture_seconds"] = time.monotonic() - started
+    return result
+
+
+# DCGAN at 32x32, generator width 32, discriminator width 16, latent_dim 16, normal prior, 3 epochs
+# over the 8,000 MNIST images (375 steps of 64); the encoder: ResNet-18 (untrained start), 150 steps
+# of 16 pairs at lr 1e-3, latent + pixel losses. Why these: tests/ml/gan/test_gan_recovery.py.
+MNIST_GAN_CONFIG = DCGANConfig(latent_dim=16, image_size=32, g_width=32, d_width=16, epochs=3, batch_size=64, seed=0)
+MNIST_ENCODER_CONFIG = EncoderConfig(
+    steps=150, batch_size=16, lr=1e-3, w_z=1.0, w_pix=1.0, checkpoint_every=150, preview_every=0, eval_images=64
+)
+
+
+def train_mnist_gan(mnist_dir: Path, folder: Path) -> dict[str, Any]:
+    """The DCGAN trained on MNIST and exported to `folder`, and an encoder trained on the generator
+    loaded back from it (what the jobs see).
+
+    Returns picklable parts only (the loaded generator is TorchScript: load it again from `folder`):
+    "folder", "history", "callbacks" (the DCGAN training's `LocalCallbacks`), "seconds", and
+    "encoder" / "encoder_metrics" / "encoder_seconds".
+    """
+    from ml.gan.generator import load_generator
+
+    with one_torch_thread():
+        images = load_mnist(mnist_dir, 28).images
+        cb = LocalCallbacks()
+        started = time.monotonic()
+        trained = train_dcgan(images, MNIST_GAN_CONFIG, cb, source="builtin:mnist")
+        export_dcgan(trained, folder)
+        generator, info = load_generator(folder)
+        seconds = time.monotonic() - started
+        started = time.monotonic()
+        encoder = train_encoder(generator, info.latent_dim, info.prior, MNIST_ENCODER_CONFIG, LocalCallbacks())
+    return {
+        "folder": folder,
+        "history": trained.history,
+        "callbacks": cb,
+        "seconds": seconds,
+        "encoder": encoder.encoder,
+        "encoder_metrics": encoder.metrics,
+        "encoder_seconds": time.monotonic() - started,
+    }
