@@ -42,6 +42,12 @@ def _mnist_arcface(data_dir: Path, out: Path) -> Any:
     return train_mnist_arcface(data_dir / "mnist")
 
 
+def _mnist_inversions(data_dir: Path, out: Path) -> Any:
+    from tests.support.recipes import quality_inversions
+
+    return quality_inversions(_done["mnist_arcface"] if "mnist_arcface" in _done else _mnist_arcface(data_dir, out))
+
+
 def _mnist_gan(data_dir: Path, out: Path) -> Any:
     from tests.support.recipes import train_mnist_gan
 
@@ -65,12 +71,14 @@ def _orl_gallery(backbone: str) -> Callable[[Path, Path], Any]:
 # job name -> (the data folders it reads, its recipe: (data_dir, out_dir) -> a picklable result)
 JOBS: dict[str, tuple[tuple[str, ...], Callable[[Path, Path], Any]]] = {
     "mnist_arcface": (("mnist",), _mnist_arcface),
+    "mnist_inversions": (("mnist",), _mnist_inversions),  # of mnist_arcface's model (trained first)
     "mnist_gan": (("mnist",), _mnist_gan),
     "orl_gallery_se_resnet18": (("orl",), _orl_gallery("se_resnet18")),
     "orl_gallery_iresnet18": (("orl",), _orl_gallery("iresnet18")),
 }
 
 _run: dict[str, Any] = {}  # "proc", "out", "jobs" of this test process's background run
+_done: dict[str, Any] = {}  # in the background process: the results so far, for the jobs that build on them
 
 
 def needed(items: Iterable[Any]) -> list[str]:
@@ -147,7 +155,7 @@ def main(argv: list[str]) -> int:
     data_dir, out = Path(argv[0]), Path(argv[1])
     for job in argv[2:]:
         started = time.monotonic()
-        value = JOBS[job][1](data_dir, out)
+        value = _done[job] = JOBS[job][1](data_dir, out)
         tmp = out / f"{job}.pkl.tmp"
         with tmp.open("wb") as f:
             pickle.dump(value, f)

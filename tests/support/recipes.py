@@ -4,6 +4,8 @@
   session fixture of tests/ml (training quality, saving, model inversion).
 - `train_mnist_gan`: a DCGAN trained briefly on real MNIST, exported in the generator contract, and
   an encoder trained for it (tests/ml/gan/test_gan_recovery.py).
+- `quality_inversions`: the MNIST ArcFace model inverted with `MNIST_INVERT_RECIPE`, 3 images of
+  every digit for each of two seeds (tests/ml/invert/test_invert.py's quality bar).
 - The ORL gallery models are `tests.support.orl_gallery.train_gallery_model`.
 
 Each runs with one torch thread (`tests.support.threads`), so its numbers are the same in the test
@@ -22,6 +24,7 @@ from ml.core.callbacks import LocalCallbacks
 from ml.data import load_mnist
 from ml.gan.train_encoder import EncoderConfig, train_encoder
 from ml.gan.train_gan import DCGANConfig, export_dcgan, train_dcgan
+from ml.invert.inversion import InversionConfig, InversionResult, invert
 from tests.support.threads import one_torch_thread
 
 MNIST_ARCFACE_CONFIG = TrainConfig(
@@ -94,3 +97,50 @@ def train_mnist_gan(mnist_dir: Path, folder: Path) -> dict[str, Any]:
         "encoder_metrics": encoder.metrics,
         "encoder_seconds": time.monotonic() - started,
     }
+
+
+# Tuned on MNIST with bench/invert_quality.py and on the `mnist_arcface` model (see bench/notes/invert.md):
+# with the paper's squared BN loss at lambda_bn = 0.05 the BN term dominates early and the ArcFace term
+# needs thousands of steps; DeepInversion's plain-norm form at 0.01 (and its Adam betas, the default)
+# lets the class emerge within ~100 steps while still shaping the statistics. Flips are off: a
+# mirrored digit is another glyph. The inversion uses the model's own ArcFace scale (32). On this
+# model, 60 images (2 seeds x 10 x 3), LeNet recognised: no prior 0.77 / 0.78 / 0.82 / 0.83 at 300 /
+# 600 / 500 / 1000 steps; TV 0.01: 0.80 / 0.78 and TV 0.05: 0.50 / 0.62 at 300 / 600; the L2 prior at
+# 0.01: 0.83 / 0.85 at 300 / 600 (the model itself: 1.00 in every case). Hence L2 0.01, 600 steps.
+MNIST_INVERT_RECIPE: dict[str, Any] = {
+    "lr": 0.1, "lambda_bn": 0.01, "bn_form": "l2", "jitter": 2, "flip": False, "l2_weight": 0.01,
+}  # fmt: skip
+QUALITY_ITERATIONS = 600
+QUALITY_PER_CLASS = 3
+QUALITY_SEEDS = (0, 1)
+
+
+def invert_trained(trained: TrainedEmbedding, callbacks: LocalCallbacks | None = None, **overrides: Any) -> Any:
+    """`invert` the trained model with `MNIST_INVERT_RECIPE` (no previews) and `overrides`."""
+    # The ArcFace head as the model was trained (the job runner reads the same two from config.json).
+    head = {"scale": float(trained.config["scale"]), "margin_degrees": float(trained.config["margin"])}
+    config = InversionConfig(**{**MNIST_INVERT_RECIPE, **head, "preview_every": 0, **overrides})
+    return invert(
+        trained.backbone,
+        trained.arcface_weight,
+        config,
+        normalize=trained.normalize,
+        image_size=trained.image_size,
+        in_channels=trained.in_channels,
+        callbacks=callbacks,
+    )
+
+
+def quality_inversions(trained: TrainedEmbedding) -> list[tuple[InversionResult, LocalCallbacks]]:
+    """Per seed of `QUALITY_SEEDS`: `QUALITY_PER_CLASS` images of every class after `QUALITY_ITERATIONS`
+    steps (one torch thread, progress every 25 steps), and the callbacks that saw it."""
+    runs = []
+    with one_torch_thread():
+        for seed in QUALITY_SEEDS:
+            cb = LocalCallbacks()
+            result = invert_trained(
+                trained, cb, images_per_class=QUALITY_PER_CLASS, iterations=QUALITY_ITERATIONS, seed=seed,
+                progress_every=25,
+            )  # fmt: skip
+            runs.append((result, cb))
+    return runs
