@@ -1,19 +1,20 @@
 """Train the suite's slow shared models in one background process while the first tests run.
 
-The trained-model fixtures (MNIST ArcFace, the MNIST GAN and its encoder, the ORL gallery models)
-train with one torch thread, and most of the suite before tests/ml (API, browser and fault tests)
-leaves a core idle: waiting on leases, on worker processes, on a browser. So when the collected
-tests need one of them, `start` (called by tests/conftest.py once collection is done) runs their
-recipes (`tests.support.recipes`, `tests.support.orl_gallery`) one after another, in the order the
-tests first need them, in a child process at the lowest CPU priority (nice 19): it takes only the
-CPU the tests leave. The fixture then `take`s the pickled result, waiting for it if it is not
-done yet (and giving the child back a normal priority then, where the test process may). Where no
-background run has the job (`--collect-only`, a recipe called outside these fixtures) `take` answers
-None and the fixture trains in the test process. Same recipe, same single thread: the same model
-either way.
+The trained-model fixtures (MNIST ArcFace and its inversions, ORL ArcFace, the MNIST GAN and its
+encoder, the ORL model on detected faces, the ORL gallery models) train with one torch thread, and
+most of the suite before tests/ml (API, browser and fault tests) leaves a core idle: waiting on
+leases, on worker processes, on a browser. So when the collected tests need one of them, `start`
+(called by tests/conftest.py once collection is done) runs their recipes (`tests.support.recipes`,
+`tests.support.faces`, `tests.support.orl_gallery`) one after another, in the order the tests
+first need them, in a child process at the lowest CPU priority (nice 19): it takes only the CPU
+the tests leave. The fixture then `take`s the pickled result, waiting for it if it is not done yet
+(and giving the child back a normal priority then, where the test process may). Where no
+background run has the job (`--collect-only`, a recipe called outside these fixtures) `take`
+answers None and the fixture trains in the test process. Same recipe, same single thread: the
+same model either way.
 
 A job is needed when a collected test requests the fixture of the job's name, or is marked
-`@pytest.mark.pretrained("<job>")` (the ORL gallery models, which tests reach by a function call).
+`@pytest.mark.pretrained("<job>")` (for the models that tests reach by a function call).
 """
 
 from __future__ import annotations
@@ -48,12 +49,26 @@ def _mnist_inversions(data_dir: Path, out: Path) -> Any:
     return quality_inversions(_done["mnist_arcface"] if "mnist_arcface" in _done else _mnist_arcface(data_dir, out))
 
 
+def _orl_arcface(data_dir: Path, out: Path) -> Any:
+    from tests.support.recipes import train_orl_arcface
+
+    return train_orl_arcface(data_dir / "orl")
+
+
 def _mnist_gan(data_dir: Path, out: Path) -> Any:
     from tests.support.recipes import train_mnist_gan
 
     folder = out / "mnist_gan"
     folder.mkdir()
     return train_mnist_gan(data_dir / "mnist", folder)
+
+
+def _orl_model(data_dir: Path, out: Path) -> Any:
+    from tests.support.faces import orl_model
+
+    folder = out / "orl_model"
+    folder.mkdir()
+    return orl_model(data_dir / "orl", folder)
 
 
 def _orl_gallery(backbone: str) -> Callable[[Path, Path], Any]:
@@ -72,7 +87,9 @@ def _orl_gallery(backbone: str) -> Callable[[Path, Path], Any]:
 JOBS: dict[str, tuple[tuple[str, ...], Callable[[Path, Path], Any]]] = {
     "mnist_arcface": (("mnist",), _mnist_arcface),
     "mnist_inversions": (("mnist",), _mnist_inversions),  # of mnist_arcface's model (trained first)
+    "orl_arcface": (("orl",), _orl_arcface),
     "mnist_gan": (("mnist",), _mnist_gan),
+    "orl_model": (("orl",), _orl_model),  # the MTCNN landmarks of ORL and the model trained on them
     "orl_gallery_se_resnet18": (("orl",), _orl_gallery("se_resnet18")),
     "orl_gallery_iresnet18": (("orl",), _orl_gallery("iresnet18")),
 }
@@ -127,16 +144,22 @@ def stop() -> None:
     _run.clear()
 
 
+def _renice(proc: subprocess.Popen[bytes], niceness: int) -> None:
+    with contextlib.suppress(OSError):
+        if proc.poll() is None:
+            os.setpriority(os.PRIO_PROCESS, proc.pid, niceness)
+
+
 def take(job: str, timeout: float = 3600) -> Any | None:
     """The background run's result of `job`, once it is there; None when no background run has it."""
     if job not in _run.get("jobs", ()):
         return None
     result = _run["out"] / f"{job}.pkl"
     proc: subprocess.Popen[bytes] = _run["proc"]
-    if not result.exists() and proc.poll() is None:
+    waited = not result.exists() and proc.poll() is None
+    if waited:
         # A test waits on it now: it is no longer background work (allowed where we may raise priority).
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, proc.pid, 0)
+        _renice(proc, 0)
     deadline = time.monotonic() + timeout
     while not result.exists():
         if proc.poll() is not None and not result.exists():
@@ -144,6 +167,8 @@ def take(job: str, timeout: float = 3600) -> Any | None:
             raise AssertionError(f"the background training of {job} ended (rc {proc.returncode}) without it:\n{tail}")
         assert time.monotonic() < deadline, f"the background training of {job} took over {timeout:g}s"
         time.sleep(0.2)
+    if waited:
+        _renice(proc, 19)  # the jobs after it are background work again
     with result.open("rb") as f:
         return pickle.load(f)  # our own child's file, in our own temporary folder
 

@@ -2,6 +2,8 @@
 
 - `train_mnist_arcface`: se_resnet18 with ArcFace on 75% of MNIST (by sample), the `mnist_arcface`
   session fixture of tests/ml (training quality, saving, model inversion).
+- `train_orl_arcface`: se_resnet18 with ArcFace on 20 ORL people, verified on the 10 others
+  (tests/ml/arcface/test_train_embedding.py).
 - `train_mnist_gan`: a DCGAN trained briefly on real MNIST, exported in the generator contract, and
   an encoder trained for it (tests/ml/gan/test_gan_recovery.py).
 - `quality_inversions`: the MNIST ArcFace model inverted with `MNIST_INVERT_RECIPE`, 3 images of
@@ -22,6 +24,7 @@ from typing import Any
 from ml.arcface.train import TrainConfig, TrainedEmbedding, train_embedding
 from ml.core.callbacks import LocalCallbacks
 from ml.data import load_mnist
+from ml.data.folders import load_image_folder
 from ml.gan.train_encoder import EncoderConfig, train_encoder
 from ml.gan.train_gan import DCGANConfig, export_dcgan, train_dcgan
 from ml.invert.inversion import InversionConfig, InversionResult, invert
@@ -57,6 +60,31 @@ def train_mnist_arcface(mnist_dir: Path) -> TrainedEmbedding:
         result = train_embedding(load_mnist(mnist_dir, 32), MNIST_ARCFACE_CONFIG, LocalCallbacks())
     result.config["fixture_seconds"] = time.monotonic() - started
     return result
+
+
+ORL_ARCFACE_SIZE = (56, 48)
+ORL_ARCFACE_CONFIG = TrainConfig(
+    backbone="se_resnet18",
+    backbone_kwargs={"base_width": 16},
+    embedding_size=64,
+    epochs=25,
+    batch_size=32,
+    lr=0.05,
+    augment_shift=3,
+    augment_flip=True,
+    flip_tta=True,
+    split_by="identity",
+    test_fraction=1 / 3,
+    seed=0,
+)
+
+
+def train_orl_arcface(orl_dir: Path) -> TrainedEmbedding:
+    """`ORL_ARCFACE_CONFIG` on the 300 ORL images at 56x48 (one torch thread)."""
+    with one_torch_thread():
+        return train_embedding(
+            load_image_folder(orl_dir, image_size=ORL_ARCFACE_SIZE), ORL_ARCFACE_CONFIG, LocalCallbacks()
+        )
 
 
 # DCGAN at 32x32, generator width 32, discriminator width 16, latent_dim 16, normal prior, 3 epochs
