@@ -2,7 +2,8 @@
 
 Service fixtures (PostgreSQL, Redis, S3) live in `tests/support/services.py` (a plugin, below); the
 ones here need no services: the real data folder beside the checkout, a CPU-friendly torch setup,
-and the `need_gpu` check (tests/support) before every `gpu` test.
+the `need_gpu` check (tests/support) before every `gpu` test, and the background training of the
+shared models the collected tests need (`tests.support.pretrain`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from jobs.settings import get_settings
-from tests.support import need_gpu
+from tests.support import need_gpu, pretrain
 
 
 def _data_dir() -> Path:
@@ -31,6 +32,16 @@ def need_data(*parts: str) -> Path:
             pytest.fail(reason + " (FACEJOBS_REQUIRE_DATA=1 forbids skipping)")
         pytest.skip(reason)
     return path
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start training the shared models these tests need, in the background (tests.support.pretrain)."""
+    if not session.config.option.collectonly:
+        pretrain.start(pretrain.needed(session.items), _data_dir())
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    pretrain.stop()
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

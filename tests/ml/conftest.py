@@ -14,36 +14,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ml.arcface.train import TrainConfig, TrainedEmbedding, train_embedding
-from ml.core.callbacks import LocalCallbacks
+from ml.arcface.train import TrainedEmbedding
 from ml.data import ImageDataset, load_mnist
+from tests.support import pretrain
+from tests.support.recipes import train_mnist_arcface
 from tests.support.threads import one_torch_thread
-
-MNIST_ARCFACE_CONFIG = TrainConfig(
-    backbone="se_resnet18",
-    backbone_kwargs={"base_width": 16},
-    embedding_size=128,
-    image_size=32,
-    in_channels=1,
-    # s=32 rather than the face default 64: with 10 classes s=64 left held-out verification at
-    # 0.989-0.994 depending on the thread count; s=32 gives 0.995 (AUC 0.9999) in the same 12 epochs.
-    scale=32.0,
-    optimizer="sgd",
-    lr=0.1,
-    schedule="cosine",
-    epochs=12,
-    batch_size=128,
-    augment_shift=2,
-    split_by="sample",
-    test_fraction=0.25,
-    seed=0,
-)
 
 
 @pytest.fixture(scope="session")
@@ -53,15 +33,12 @@ def mnist32(mnist_dir: Path) -> ImageDataset:
 
 
 @pytest.fixture(scope="session")
-def mnist_arcface(mnist32: ImageDataset) -> TrainedEmbedding:
-    """se_resnet18 trained with ArcFace on 75% of MNIST (by sample), evaluated on the other 25%."""
-    # One thread: the recipe's numbers were measured so (float sums, hence the last digits of the
-    # metrics, depend on the thread count), and two threads on a shared 2-core box ran 18x slower.
-    started = time.monotonic()
-    with one_torch_thread():
-        result = train_embedding(mnist32, MNIST_ARCFACE_CONFIG, LocalCallbacks())
-    result.config["fixture_seconds"] = time.monotonic() - started
-    return result
+def mnist_arcface(mnist_dir: Path) -> TrainedEmbedding:
+    """se_resnet18 trained with ArcFace on 75% of MNIST (by sample), evaluated on the other 25%
+    (`tests.support.recipes.train_mnist_arcface`; trained in the background while the first tests
+    run when the session collects a test that needs it: `tests.support.pretrain`)."""
+    trained: TrainedEmbedding | None = pretrain.take("mnist_arcface")
+    return trained if trained is not None else train_mnist_arcface(mnist_dir)
 
 
 @pytest.fixture

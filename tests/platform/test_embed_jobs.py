@@ -42,6 +42,7 @@ def _artifact(client: Client, job_id: str, name: str, dest: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.services
+@pytest.mark.pretrained("orl_model")
 def test_an_orl_upload_is_embedded_face_by_face_with_failure_rows(
     stack: Stack, orl_dir: Path, tmp_path: Path, artifacts_dir: Path
 ) -> None:
@@ -117,6 +118,7 @@ def test_an_orl_upload_is_embedded_face_by_face_with_failure_rows(
 
 
 @pytest.mark.slow
+@pytest.mark.pretrained("orl_model")
 def test_the_demos_builtin_digits_embed_whole_through_a_worker(embedded_stack: Stack, orl_dir: Path) -> None:
     """`make demo`'s embed params: builtin:digits without detection (the ORL model stands in for the
     demo's digits model: what is checked is the path, one row per digit, not the embedding's quality)."""

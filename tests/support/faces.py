@@ -1,7 +1,8 @@
 """Face models for tests: a tiny counting backbone, and the ORL model trained once per test process.
 
 `orl_model_folder` trains on 20 ORL people once per process (the ML, API and platform tests share
-it); `register_model` stores such a folder as a succeeded train_embedding job of a key.
+it, and the background run of tests.support.pretrain trains it while the first tests run);
+`register_model` stores such a folder as a succeeded train_embedding job of a key.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ml.faces.decode import list_files
 from ml.faces.detect import DetectorSettings
 from ml.faces.embed import EmbedResult, EmbedSettings, embed_dataset
 from ml.faces.models import FaceModel
+from tests.support import pretrain
 from tests.support.factories import add_artifact, add_job, key_id
 from tests.support.services import Stack
 from tests.support.threads import one_torch_thread
@@ -57,12 +59,18 @@ def tiny_model(seed: int = 0) -> FaceModel:
     return FaceModel(CountingNet(seed).eval(), "tiny", (32, 32), 1, Normalization.uniform(1), 112, "none", 16)
 
 
+@functools.cache
 def detect_orl(orl_dir: Path) -> tuple[list[tuple[str, Path]], EmbedResult]:
-    """Pass 1 over the 300 ORL images with every face kept: the landmarks to train on.
+    """Pass 1 over the 300 ORL images with every face kept: the landmarks to train on (once per
+    process, or by the background run of `tests.support.pretrain` with the ORL model).
 
     One torch thread: MTCNN's landmarks move in their last bits with the thread count, and the
     model trained on these crops would differ with them.
     """
+    done = pretrain.take("orl_model")
+    if done is not None:
+        detected: tuple[list[tuple[str, Path]], EmbedResult] = done["detected"]
+        return detected
     files = list_files(orl_dir)
     settings = EmbedSettings(detector=DetectorSettings(min_face_size=40, batch_size=50, faces="all"), flip_tta=False)
     with one_torch_thread():
@@ -110,15 +118,24 @@ def train_orl_model(orl_dir: Path, detected: EmbedResult, folder: Path) -> Train
     return trained
 
 
+def orl_model(orl_dir: Path, folder: Path) -> dict[str, Any]:
+    """The ORL landmarks (`detect_orl`) and `train_orl_model` on them, saved in `folder`: the recipe
+    `orl_model_folder` runs, in this process or in the background (tests.support.pretrain)."""
+    detected = detect_orl(orl_dir)
+    trained = train_orl_model(orl_dir, detected[1], folder)
+    return {"detected": detected, "folder": folder, "class_names": tuple(trained.class_names)}
+
+
 @functools.cache
 def orl_model_folder(orl_dir: Path) -> tuple[Path, tuple[str, ...]]:
-    """`train_orl_model` once per test process (the API and platform tests share it): its folder and
-    the people it was trained on (the other 10 are unseen)."""
-    folder = Path(tempfile.mkdtemp(prefix="orl-model-"))
-    atexit.register(shutil.rmtree, folder, True)
-    _, detected = detect_orl(orl_dir)
-    trained = train_orl_model(orl_dir, detected, folder)
-    return folder, tuple(trained.class_names)
+    """`train_orl_model` once per test process (the ML, API and platform tests share it): its folder
+    and the people it was trained on (the other 10 are unseen)."""
+    done = pretrain.take("orl_model")
+    if done is None:
+        folder = Path(tempfile.mkdtemp(prefix="orl-model-"))
+        atexit.register(shutil.rmtree, folder, True)
+        done = orl_model(orl_dir, folder)
+    return done["folder"], done["class_names"]
 
 
 MODEL_FILES = {

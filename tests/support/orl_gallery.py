@@ -25,6 +25,7 @@ from ml.arcface.train import TrainConfig, train_embedding
 from ml.core.callbacks import LocalCallbacks
 from ml.data import ImageDataset
 from ml.data.folders import load_image_folder
+from tests.support import pretrain
 from tests.support.threads import one_torch_thread
 
 GALLERY_PEOPLE = 20
@@ -82,9 +83,9 @@ def train_config(backbone: str) -> TrainConfig:
     )
 
 
-@functools.cache
-def orl_gallery_model(orl_dir: Path, backbone: str) -> Path:
-    """A `backbone` trained on the ORL gallery images (one torch thread), saved as train_embedding saves it."""
+def train_gallery_model(orl_dir: Path, backbone: str, folder: Path) -> None:
+    """Train a `backbone` on the ORL gallery images (one torch thread) and save it in `folder` as
+    train_embedding saves it."""
     split = orl_split(orl_dir)
     idx = split.gallery
     names = sorted({split.people[i] for i in idx}, key=lambda p: int(p[1:]))
@@ -92,10 +93,19 @@ def orl_gallery_model(orl_dir: Path, backbone: str) -> Path:
     data = ImageDataset(split.images[idx], labels, names, source="orl-gallery")
     with one_torch_thread():
         trained = train_embedding(data, train_config(backbone), LocalCallbacks())
-    folder = Path(tempfile.mkdtemp(prefix=f"orl-{backbone}-"))
-    atexit.register(shutil.rmtree, folder, True)
     save_trained(folder, trained.backbone, trained.arcface_weight, trained.config, trained.class_names)
     (folder / "metrics.json").write_text(json.dumps(trained.metrics))
+
+
+@functools.cache
+def orl_gallery_model(orl_dir: Path, backbone: str) -> Path:
+    """The folder of `train_gallery_model`'s `backbone`, trained once per test process (in the background
+    when the session's tests are marked `pretrained("orl_gallery_<backbone>")`: tests.support.pretrain)."""
+    folder: Path | None = pretrain.take(f"orl_gallery_{backbone}")
+    if folder is None:
+        folder = Path(tempfile.mkdtemp(prefix=f"orl-{backbone}-"))
+        atexit.register(shutil.rmtree, folder, True)
+        train_gallery_model(orl_dir, backbone, folder)
     return folder
 
 

@@ -25,6 +25,8 @@ from ml.core.errors import Stopped
 from ml.data import ImageDataset, MixedChannelsError, SingleIdentityError, load_digits, load_image_folder
 from ml.metrics.plots import evaluation_plots
 from ml.metrics.verification import embed_images
+from tests.support import pretrain
+from tests.support.recipes import ORL_ARCFACE_SIZE, train_orl_arcface
 
 # Small and fast: digits at 16x16, a narrow se_resnet18, 4 epochs (about 10 s on 2 cores).
 DIGITS_CONFIG = TrainConfig(
@@ -106,25 +108,20 @@ def test_save_and_load_trained_rebuilds_the_model(mnist_arcface: TrainedEmbeddin
         torch.testing.assert_close(backbone2(x), backbone(x), rtol=0, atol=0)
 
 
+@pytest.fixture(scope="module")
+def orl_arcface(orl_dir: Path) -> TrainedEmbedding:
+    """`tests.support.recipes.train_orl_arcface` (in the background while the first tests run when the
+    session has this test: tests.support.pretrain)."""
+    trained: TrainedEmbedding | None = pretrain.take("orl_arcface")
+    return trained if trained is not None else train_orl_arcface(orl_dir)
+
+
 @pytest.mark.slow
-@pytest.mark.usefixtures("one_thread")
-def test_orl_model_verifies_people_it_never_saw(orl_dir: Path, artifacts_dir: Path) -> None:
-    orl = load_image_folder(orl_dir, image_size=(56, 48))
-    config = TrainConfig(
-        backbone="se_resnet18",
-        backbone_kwargs={"base_width": 16},
-        embedding_size=64,
-        epochs=25,
-        batch_size=32,
-        lr=0.05,
-        augment_shift=3,
-        augment_flip=True,
-        flip_tta=True,
-        split_by="identity",
-        test_fraction=1 / 3,
-        seed=0,
-    )
-    result = train_embedding(orl, config, LocalCallbacks())
+def test_orl_model_verifies_people_it_never_saw(
+    orl_dir: Path, orl_arcface: TrainedEmbedding, artifacts_dir: Path
+) -> None:
+    orl = load_image_folder(orl_dir, image_size=ORL_ARCFACE_SIZE)
+    result = orl_arcface
     m = result.metrics
     (artifacts_dir / "orl_arcface_metrics.json").write_text(json.dumps({**m, "seconds": result.seconds}, indent=2))
     held_out = {orl.class_names[int(c)] for c in orl.labels[result.test_indices].unique()}

@@ -20,6 +20,7 @@ from tests.support.threads import one_torch_thread
 
 
 @pytest.mark.slow
+@pytest.mark.pretrained("orl_gallery_se_resnet18", "orl_gallery_iresnet18")
 @pytest.mark.parametrize("backbone", ["se_resnet18", "iresnet18"])
 def test_export_reproduces_the_trained_model(orl_dir: Path, tmp_path: Path, backbone: str) -> None:
     folder = orl_gallery_model(orl_dir, backbone)

@@ -20,7 +20,6 @@ local minimum, which the Lipton & Tripathi paper also reports.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +27,16 @@ import pytest
 import torch
 
 from ml.core.callbacks import LocalCallbacks
-from ml.data import load_mnist
 from ml.gan.common import to_unit
 from ml.gan.encoder import LatentEncoder
 from ml.gan.generator import GeneratorInfo, load_generator, sample_latent
 from ml.gan.metrics import cosine, psnr
 from ml.gan.recover import recover_latent
-from ml.gan.train_encoder import EncoderConfig, train_encoder
-from ml.gan.train_gan import DCGANConfig, export_dcgan, train_dcgan
+from tests.support import pretrain
+from tests.support.recipes import train_mnist_gan
 
 pytestmark = pytest.mark.slow
 
-GAN_CONFIG = DCGANConfig(latent_dim=16, image_size=32, g_width=32, d_width=16, epochs=3, batch_size=64, seed=0)
-ENCODER_CONFIG = EncoderConfig(
-    steps=150, batch_size=16, lr=1e-3, w_z=1.0, w_pix=1.0, checkpoint_every=150, preview_every=0, eval_images=64
-)
 TARGETS = 32
 
 
@@ -58,22 +52,14 @@ def threads() -> Any:
 
 @pytest.fixture(scope="module")
 def mnist_gan(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory, threads: Any) -> dict[str, Any]:
-    """The DCGAN trained on MNIST, exported in the contract and loaded back (what the jobs see)."""
-    images = load_mnist(mnist_dir, 28).images
-    cb = LocalCallbacks()
-    started = time.monotonic()
-    trained = train_dcgan(images, GAN_CONFIG, cb, source="builtin:mnist")
-    folder = tmp_path_factory.mktemp("mnist_gan")
-    export_dcgan(trained, folder)
-    generator, info = load_generator(folder)
-    return {
-        "generator": generator,
-        "info": info,
-        "folder": folder,
-        "history": trained.history,
-        "callbacks": cb,
-        "seconds": time.monotonic() - started,
-    }
+    """The DCGAN trained on MNIST, exported in the contract and loaded back (what the jobs see), with
+    the encoder trained for it (`tests.support.recipes.train_mnist_gan`; in the background while the
+    first tests run when the session has this module: `tests.support.pretrain`)."""
+    trained: dict[str, Any] | None = pretrain.take("mnist_gan")
+    if trained is None:
+        trained = train_mnist_gan(mnist_dir, tmp_path_factory.mktemp("mnist_gan"))
+    generator, info = load_generator(trained["folder"])
+    return {**trained, "generator": generator, "info": info}
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +72,12 @@ def targets(mnist_gan: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def mnist_encoder(mnist_gan: dict[str, Any]) -> dict[str, Any]:
-    info: GeneratorInfo = mnist_gan["info"]
-    started = time.monotonic()
-    trained = train_encoder(mnist_gan["generator"], info.latent_dim, info.prior, ENCODER_CONFIG, LocalCallbacks())
-    return {"encoder": trained.encoder, "metrics": trained.metrics, "seconds": time.monotonic() - started}
+    """The encoder of `train_mnist_gan` (ResNet-18, 150 steps), trained on the loaded generator."""
+    return {
+        "encoder": mnist_gan["encoder"],
+        "metrics": mnist_gan["encoder_metrics"],
+        "seconds": mnist_gan["encoder_seconds"],
+    }
 
 
 def test_dcgan_training_reports_and_previews(mnist_gan: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from ml.index import UNKNOWN, FaceIndex, build_index, search_faces, similarity_t
 from ml.metrics.identification import identification_report, threshold_at_fpir
 from tests.support.orl_gallery import OrlSplit, orl_embeddings, orl_gallery_model, orl_split
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.pretrained("orl_gallery_se_resnet18")]
 
 
 @pytest.fixture(scope="module")

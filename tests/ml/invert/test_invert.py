@@ -25,25 +25,18 @@ from ml.core.callbacks import LocalCallbacks
 from ml.core.errors import Stopped
 from ml.core.images import grid_png
 from ml.data import ImageDataset
-from ml.invert.inversion import InversionConfig, InversionError, invert
+from ml.invert.inversion import InversionConfig, InversionError, InversionResult, invert
+from tests.support import pretrain
+from tests.support.recipes import (
+    QUALITY_ITERATIONS,
+    QUALITY_PER_CLASS,
+    QUALITY_SEEDS,
+    invert_trained,
+    quality_inversions,
+)
 from tests.support.threads import one_torch_thread
 from workers.runners import Preempted
 from workers.runners.invert import run_invert
-
-# Tuned on MNIST with bench/invert_quality.py and on this fixture (see bench/notes/invert.md): with the
-# paper's squared BN loss at lambda_bn = 0.05 the BN term dominates early and the ArcFace term needs
-# thousands of steps; DeepInversion's plain-norm form at 0.01 (and its Adam betas, the default) lets
-# the class emerge within ~100 steps while still shaping the statistics. Flips are off: a mirrored
-# digit is another glyph. The inversion uses the model's own ArcFace scale (32). On this fixture,
-# 60 images (2 seeds x 10 x 3), LeNet recognised: no prior 0.77 / 0.78 / 0.82 / 0.83 at 300 / 600 /
-# 500 / 1000 steps; TV 0.01: 0.80 / 0.78 and TV 0.05: 0.50 / 0.62 at 300 / 600; the L2 prior at
-# 0.01: 0.83 / 0.85 at 300 / 600 (the model itself: 1.00 in every case). Hence L2 0.01, 600 steps.
-MNIST_RECIPE: dict[str, Any] = {
-    "lr": 0.1, "lambda_bn": 0.01, "bn_form": "l2", "jitter": 2, "flip": False, "l2_weight": 0.01,
-}  # fmt: skip
-QUALITY_ITERATIONS = 600
-QUALITY_PER_CLASS = 3
-QUALITY_SEEDS = (0, 1)
 
 
 def lenet() -> nn.Module:
@@ -76,36 +69,27 @@ def reference_classifier(mnist32: ImageDataset, mnist_arcface: Any) -> tuple[nn.
     return model, float((pred == mnist32.labels[test]).float().mean())
 
 
-def _invert(trained: Any, callbacks: LocalCallbacks | None = None, **overrides: Any) -> Any:
-    # The ArcFace head as the model was trained (the job runner reads the same two from config.json).
-    head = {"scale": float(trained.config["scale"]), "margin_degrees": float(trained.config["margin"])}
-    config = InversionConfig(**{**MNIST_RECIPE, **head, "preview_every": 0, **overrides})
-    return invert(
-        trained.backbone,
-        trained.arcface_weight,
-        config,
-        normalize=trained.normalize,
-        image_size=trained.image_size,
-        in_channels=trained.in_channels,
-        callbacks=callbacks,
-    )
+@pytest.fixture(scope="module")
+def mnist_inversions(mnist_arcface: Any) -> list[tuple[InversionResult, LocalCallbacks]]:
+    """`tests.support.recipes.quality_inversions` of the session's model (computed in the background,
+    after that model, when the session has this test: tests.support.pretrain)."""
+    runs: list[tuple[InversionResult, LocalCallbacks]] | None = pretrain.take("mnist_inversions")
+    return runs if runs is not None else quality_inversions(mnist_arcface)
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_inverted_digits_are_recognised_by_the_model_and_by_an_independent_lenet(
-    mnist_arcface: Any, reference_classifier: tuple[nn.Module, float], artifacts_dir: Path
+    mnist_arcface: Any,
+    mnist_inversions: list[tuple[InversionResult, LocalCallbacks]],
+    reference_classifier: tuple[nn.Module, float],
+    artifacts_dir: Path,
 ) -> None:
     clf, clf_accuracy = reference_classifier
     assert clf_accuracy >= 0.95  # a competent judge: LeNet on held-out real digits
 
     model_hits, lenet_hits = [], []
-    for seed in QUALITY_SEEDS:
-        cb = LocalCallbacks()
-        result = _invert(
-            mnist_arcface, cb, images_per_class=QUALITY_PER_CLASS, iterations=QUALITY_ITERATIONS, seed=seed,
-            progress_every=25,
-        )  # fmt: skip
+    for seed, (result, cb) in zip(QUALITY_SEEDS, mnist_inversions, strict=True):
         grid = grid_png(result.images, QUALITY_PER_CLASS, upscale=2)
         (artifacts_dir / f"invert_mnist_grid_seed{seed}.png").write_bytes(grid)
 
@@ -139,17 +123,17 @@ def test_inverted_digits_are_recognised_by_the_model_and_by_an_independent_lenet
 
 def test_a_killed_and_resumed_inversion_ends_with_the_uninterrupted_images(mnist_arcface: Any, tmp_path: Path) -> None:
     settings = {"classes": [0, 3, 7], "images_per_class": 2, "iterations": 12, "checkpoint_every": 4, "flip": True}
-    reference = _invert(mnist_arcface, LocalCallbacks(), **settings)
+    reference = invert_trained(mnist_arcface, LocalCallbacks(), **settings)
 
     killed = LocalCallbacks(tmp_path / "ckpt", stop_after_checkpoints=2)
     with pytest.raises(Stopped) as first:
-        _invert(mnist_arcface, killed, **settings)
+        invert_trained(mnist_arcface, killed, **settings)
     assert (first.value.step, killed.checkpoints_saved) == (8, 2)
     # The images the stopped run had reached: its checkpoint's, in [0, 1].
     early_state = torch.load(tmp_path / "ckpt" / "checkpoint.pt", map_location="cpu", weights_only=True)
     early = mnist_arcface.normalize.undo(early_state["images"]).clamp(0, 1)
     resumed_cb = killed.resume()
-    resumed = _invert(mnist_arcface, resumed_cb, **settings)
+    resumed = invert_trained(mnist_arcface, resumed_cb, **settings)
 
     assert resumed.step == 12
     assert resumed_cb.messages == ["invert: resumed from the checkpoint at step 8"]
@@ -160,7 +144,7 @@ def test_a_killed_and_resumed_inversion_ends_with_the_uninterrupted_images(mnist
 
 def test_progress_previews_and_metrics(mnist_arcface: Any) -> None:
     cb = LocalCallbacks()
-    result = _invert(
+    result = invert_trained(
         mnist_arcface, cb, classes=[4, 9], images_per_class=2, iterations=6, progress_every=2, preview_every=3
     )
     assert [s for s, _, _ in cb.steps] == [2, 4, 6]
@@ -184,15 +168,15 @@ def test_progress_previews_and_metrics(mnist_arcface: Any) -> None:
 
 def test_bad_inputs_raise_named_errors(mnist_arcface: Any) -> None:
     with pytest.raises(InversionError, match=r"classes \[10\] are outside the model's 10 classes"):
-        _invert(mnist_arcface, classes=[1, 10])
+        invert_trained(mnist_arcface, classes=[1, 10])
     with pytest.raises(InversionError, match="images_per_class must be >= 1"):
-        _invert(mnist_arcface, images_per_class=0)
+        invert_trained(mnist_arcface, images_per_class=0)
     with pytest.raises(InversionError, match="bn_form"):
-        _invert(mnist_arcface, bn_form="l1")
+        invert_trained(mnist_arcface, bn_form="l1")
     other = LocalCallbacks()
-    _invert(mnist_arcface, other, classes=[1], images_per_class=1, iterations=2, checkpoint_every=1)
+    invert_trained(mnist_arcface, other, classes=[1], images_per_class=1, iterations=2, checkpoint_every=1)
     with pytest.raises(InversionError, match="different inversion"):
-        _invert(mnist_arcface, other.resume(), classes=[1, 2], images_per_class=1, iterations=2)
+        invert_trained(mnist_arcface, other.resume(), classes=[1, 2], images_per_class=1, iterations=2)
     with pytest.raises(InversionError, match="image_size and in_channels"):
         invert(nn.Sequential(nn.BatchNorm2d(1)), torch.randn(4, 2), InversionConfig())
 
