@@ -38,10 +38,39 @@ def _dataset_folder(ctx: JobContext, ref: str) -> Path | None:
     return None if ref == "builtin:digits" else Path(ctx.open_dataset(ref))
 
 
+def _recordio(ctx: JobContext, ref: str) -> Any:
+    """A RecordIOReader over ranged store reads when dataset `ref` is one .rec + .idx, else None."""
+    if not ref.startswith("dataset:"):
+        return None
+    from jobs.db import session_scope
+    from jobs.models import Dataset
+    from jobs.store import join_key
+    from ml.data.recordio import RecordIOReader
+
+    with session_scope(ctx.settings.resolved_database_url) as s:
+        ds = s.get(Dataset, ref.removeprefix("dataset:"))
+        if ds is None or ds.owner_id != ctx.owner_id:
+            return None  # open_dataset says "not found"
+        prefix, keys = ds.key_prefix, set(ds.files.get("keys", []))
+    recs = [k for k in keys if k.endswith(".rec") and k[:-4] + ".idx" in keys]
+    if len(recs) != 1:
+        return None
+    rec_key = join_key(prefix, recs[0])
+    idx = ctx.store.get_bytes(join_key(prefix, recs[0][:-4] + ".idx")).decode("utf-8", errors="replace")
+    return RecordIOReader(lambda offset, n: ctx.store.get_range(rec_key, offset, n), idx, recs[0])
+
+
 def _load(ctx: JobContext, ref: str, image_size: Any, channels: str | None) -> Any:
     from ml.data import DatasetError, load_dataset
 
     try:
+        reader = _recordio(ctx, ref)
+        if reader is not None:  # records read by offset from the store, never downloaded whole
+            from ml.data.recordio import load_recordio
+
+            size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+            c = {"grey": 1, "rgb": 3, None: None}[channels]
+            return load_recordio(reader, size, c, source=ref)
         # download=True: where MNIST's files are missing, torchvision's downloader is tried (online only).
         folder = _dataset_folder(ctx, ref)
         return load_dataset(ref, folder, image_size=image_size, channels=channels, download=True)  # type: ignore[arg-type]
