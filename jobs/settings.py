@@ -85,6 +85,11 @@ class Settings(BaseSettings):
         description="Deterministic algorithms in every worker process (torch.use_deterministic_algorithms, "
         "CUBLAS_WORKSPACE_CONFIG, no cuDNN benchmark): bitwise-repeatable runs on one device type, a little slower.",
     )
+    shard_cache_bytes: int = Field(
+        2 * 1024**3,
+        ge=1024**2,
+        description="Disk a worker gives to streamed dataset shards (tar shards), least recently used out.",
+    )
     max_device_error_requeues: int = Field(
         3,
         ge=0,

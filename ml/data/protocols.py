@@ -26,14 +26,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ml.core.errors import InputError
-from ml.data.folders import _resize, _to_array, list_identities
+from ml.data.dataset import DatasetError
+from ml.data.folders import _native_channels, _resize, _to_array, list_identities
 from ml.metrics.verification import auc, best_threshold, far_key, roc_curve, tar_at_far
 
 BIN_FOLDS = 10  # insightface's KFold(n_splits=10, shuffle=False) over the .bin's pairs
 
 
-class ProtocolError(InputError):
+class ProtocolError(DatasetError):
     """A protocol file cannot be read or does not match its dataset; the message says where."""
 
 
@@ -111,15 +111,22 @@ def decode_image(img: Image.Image, size: tuple[int, int], channels: int) -> np.n
     return _to_array(_resize(img, size), channels)
 
 
-def load_images(sources: Sequence[Path | bytes], size: tuple[int, int], channels: int) -> torch.Tensor:
-    """(N, C, H, W) of image files or encoded image bytes; a bad one is a ProtocolError naming it."""
+def load_images(sources: Sequence[Path | bytes], size: tuple[int, int], channels: int | None) -> torch.Tensor:
+    """(N, C, H, W) of image files or encoded image bytes (channels None: the first image's); a bad
+    one is a ProtocolError naming it."""
     arrays = []
+    if channels is None and sources:
+        try:
+            with Image.open(sources[0] if isinstance(sources[0], Path) else io.BytesIO(sources[0])) as first:
+                channels = _native_channels(first)
+        except OSError as exc:
+            raise ProtocolError(f"the first image is not readable: {exc}") from exc
     for i, src in enumerate(sources):
         try:
             with Image.open(src if isinstance(src, Path) else io.BytesIO(src)) as opened:
-                arrays.append(decode_image(opened, size, channels))
+                arrays.append(decode_image(opened, size, channels or 3))
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            what = src.name if isinstance(src, Path) else f"image {i} of the .bin"
+            what = src.name if isinstance(src, Path) else f"image {i}"
             raise ProtocolError(f"{what} is not a readable image: {exc}") from exc
     return torch.from_numpy(np.stack(arrays)).float()
 

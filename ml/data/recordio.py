@@ -222,27 +222,16 @@ def load_recordio(
 ) -> ImageDataset:
     """Every image of the .rec as an ImageDataset (decoded as `load_image_folder` decodes files), labels
     renumbered 0..K-1 in label order; `channels` None: the first image's."""
-    import io
-
-    from PIL import Image
-
-    from ml.data.folders import _native_channels
     from ml.data.protocols import ProtocolError, load_images
 
     samples = reader.samples()
     if not samples:
         raise RecordIOError(f"{reader.name} holds no images")
     images: list[bytes] = [reader.record(i)[1] for _, i in samples]
-    if channels is None:
-        try:
-            with Image.open(io.BytesIO(images[0])) as first:
-                channels = _native_channels(first)
-        except OSError as exc:
-            raise RecordIOError(f"{reader.name}: image record {samples[0][1]} is not an image: {exc}") from exc
     try:
         x = load_images(images, image_size, channels)
     except ProtocolError as exc:
-        raise RecordIOError(f"{reader.name}: {exc}".replace("of the .bin", "of the .rec")) from exc
+        raise RecordIOError(f"{reader.name}: {exc}") from exc
     ids = sorted({lab for lab, _ in samples})
     remap = {lab: k for k, lab in enumerate(ids)}
     labels = torch.tensor([remap[lab] for lab, _ in samples], dtype=torch.long)

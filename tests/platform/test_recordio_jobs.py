@@ -1,5 +1,6 @@
-"""`train_embedding` on an insightface RecordIO dataset (.rec + .idx read by ranged store reads)
-gives the same metrics as the same ORL images uploaded as a folder archive: same seed, same order."""
+"""`train_embedding` on an insightface RecordIO dataset (.rec + .idx read by ranged store reads) or on
+tar shards (fetched shard by shard into the bounded cache) gives the same metrics as the same ORL
+images uploaded as a folder archive: same seed, same order."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 from ml.data.recordio import write_insightface
+from ml.data.shards import write_shards
 from tests.support.datasets import add_dataset
 from tests.support.factories import make_zip, orl_files, upload
 from tests.support.jobs import submit
@@ -24,17 +26,28 @@ PARAMS: dict[str, Any] = {
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_recordio_dataset_trains_like_the_same_images_as_a_folder(stack: Stack, orl_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["recordio", "shards"])
+def test_recordio_and_shard_datasets_train_like_the_same_images_as_a_folder(
+    stack: Stack, orl_dir: Path, tmp_path: Path, fmt: str
+) -> None:
     files = orl_files(orl_dir, PEOPLE, per_id=10)
     resp = upload(stack.client, "/datasets", "orl6.zip", make_zip(files))
     assert resp.status_code == 201, resp.text
     folder_ref = f"dataset:{resp.json()['id']}"
     ordered = sorted(files, key=lambda k: (PEOPLE.index(k.split("/")[0]), int(k.split("/")[1][:-4])))
-    write_insightface(tmp_path / "train.rec", tmp_path / "train.idx",
-                      [(PEOPLE.index(k.split("/")[0]), files[k]) for k in ordered])  # fmt: skip
-    rec_ref = add_dataset(stack, {n: (tmp_path / n).read_bytes() for n in ("train.rec", "train.idx")})
+    labelled = [(PEOPLE.index(k.split("/")[0]), files[k]) for k in ordered]
+    if fmt == "recordio":
+        write_insightface(tmp_path / "train.rec", tmp_path / "train.idx", labelled)
+        stored = {n: (tmp_path / n).read_bytes() for n in ("train.rec", "train.idx")}
+    else:
+        samples = [
+            (f"{k[:-4].replace('/', '_')}", "pgm", data, lab) for k, (lab, data) in zip(ordered, labelled, strict=True)
+        ]
+        stored = {p.name: p.read_bytes() for p in write_shards(samples, tmp_path / "shards", "orl", 16)}
+        assert sorted(stored) == [f"orl-00000{i}.tar" for i in range(4)]
+    rec_ref = add_dataset(stack, stored)
     jobs = [submit(stack, {**PARAMS, "dataset": ref}, kind="train_embedding") for ref in (folder_ref, rec_ref)]
-    stack.start_worker()
+    stack.start_worker(extra_env={"FACEJOBS_SHARD_CACHE_BYTES": str(2**20)})
     results = []
     for job_id in jobs:
         job = stack.wait_job(job_id, timeout=300)
@@ -44,7 +57,7 @@ def test_recordio_dataset_trains_like_the_same_images_as_a_folder(stack: Stack, 
     assert results[0]["num_identities"] == 6 and results[0]["epochs"] == 2
     cache = stack.home.resolve() / "cache" / "datasets"
     assert (cache / folder_ref.removeprefix("dataset:")).is_dir()  # the folder is downloaded ...
-    assert not (cache / rec_ref.removeprefix("dataset:")).exists()  # ... the .rec is read record by record
+    assert not (cache / rec_ref.removeprefix("dataset:")).exists()  # ... the .rec/shards are streamed
 
 
 def test_ranged_reads_of_both_stores(stack: Stack) -> None:

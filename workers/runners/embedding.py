@@ -60,6 +60,52 @@ def _recordio(ctx: JobContext, ref: str) -> Any:
     return RecordIOReader(lambda offset, n: ctx.store.get_range(rec_key, offset, n), idx, recs[0])
 
 
+def _shards(ctx: JobContext, ref: str) -> tuple[list[str], Any] | None:
+    """(shard names, ShardCache over store downloads) when dataset `ref` holds `*-NNNNNN.tar` shards."""
+    import re
+
+    from jobs.db import session_scope
+    from jobs.models import Dataset
+    from jobs.store import join_key
+    from ml.data.cache import ShardCache
+
+    if not ref.startswith("dataset:"):
+        return None
+    ds_id = ref.removeprefix("dataset:")
+    with session_scope(ctx.settings.resolved_database_url) as s:
+        ds = s.get(Dataset, ds_id)
+        if ds is None or ds.owner_id != ctx.owner_id:
+            return None
+        prefix, keys = ds.key_prefix, list(ds.files.get("keys", []))
+    names = sorted(k for k in keys if re.fullmatch(r"[^/]+-\d{6}\.tar", k))
+    if not names:
+        return None
+    root = ctx.settings.home.resolve() / "cache" / "shards" / ds_id
+
+    def fetch(name: str, dest: Path) -> None:
+        ctx.store.download(join_key(prefix, name), dest)
+
+    return names, ShardCache(root, ctx.settings.shard_cache_bytes, fetch, lambda n: ctx.store.size(join_key(prefix, n)))
+
+
+def _load_shards(found: tuple[list[str], Any], ref: str, size: tuple[int, int], channels: int | None) -> Any:
+    """Every sample of the shards, streamed through the bounded cache (shard order: by name)."""
+    import torch
+
+    from ml.data import ImageDataset
+    from ml.data.protocols import load_images
+    from ml.data.shards import ShardSampler, ShardStream
+
+    names, cache = found
+    stream = ShardStream(names, cache, ShardSampler(len(names), shuffle=False))
+    samples = sorted(((label, n, img) for n, (_, img, label) in enumerate(stream.epoch())), key=lambda t: t[:2])
+    ids = sorted({lab for lab, _, _ in samples})
+    remap = {lab: k for k, lab in enumerate(ids)}
+    images = load_images([img for _, _, img in samples], size, channels)
+    labels = torch.tensor([remap[lab] for lab, _, _ in samples])
+    return ImageDataset(images, labels, [str(i) for i in ids], ref)
+
+
 def _load(ctx: JobContext, ref: str, image_size: Any, channels: str | None) -> Any:
     from ml.data import DatasetError, load_dataset
 
@@ -71,6 +117,10 @@ def _load(ctx: JobContext, ref: str, image_size: Any, channels: str | None) -> A
             size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
             c = {"grey": 1, "rgb": 3, None: None}[channels]
             return load_recordio(reader, size, c, source=ref)
+        shards = _shards(ctx, ref)
+        if shards is not None:  # fetched shard by shard into a bounded cache, never the whole set
+            size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+            return _load_shards(shards, ref, size, {"grey": 1, "rgb": 3, None: None}[channels])
         # download=True: where MNIST's files are missing, torchvision's downloader is tried (online only).
         folder = _dataset_folder(ctx, ref)
         return load_dataset(ref, folder, image_size=image_size, channels=channels, download=True)  # type: ignore[arg-type]
