@@ -67,3 +67,32 @@ def test_ranged_reads_of_both_stores(stack: Stack) -> None:
     assert stack.store.get_range("ranges/blob", 1000, 300) == data[1000:1300]
     assert stack.store.get_range("ranges/blob", len(data) - 5, 100) == data[-5:]  # short at the end
     assert stack.store.get_range("ranges/blob", 10, 0) == b""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("to", ["shards", "recordio"])
+def test_convert_dataset_makes_a_new_dataset_of_the_key_that_trains(
+    embedded_stack: Stack, orl_dir: Path, to: str
+) -> None:
+    stack = embedded_stack
+    resp = upload(stack.client, "/datasets", "orl6.zip", make_zip(orl_files(orl_dir, PEOPLE, per_id=10)))
+    source = f"dataset:{resp.json()['id']}"
+    params = {"dataset": source, "to": to, "samples_per_shard": 25, "name": "orl"}
+    convert = submit(stack, params, kind="convert_dataset")
+    stack.start_worker()
+    job = stack.wait_job(convert, timeout=120)
+    assert job["status"] == "succeeded", job["error"]
+    files = 3 if to == "shards" else 2
+    assert {k: job["result"][k] for k in ("format", "files", "images", "identities")} == {
+        "format": to, "files": files, "images": 60, "identities": 6,
+    }  # fmt: skip
+    assert (job["progress_step"], job["progress_total"]) == (60, 60)
+    made = job["result"]["dataset"]
+    assert stack.client.get(f"/datasets/{made.removeprefix('dataset:')}").status_code == 200
+    assert stack.other.get(f"/datasets/{made.removeprefix('dataset:')}").status_code == 404
+    trained = [submit(stack, {**PARAMS, "dataset": ref}, kind="train_embedding") for ref in (source, made)]
+    results = [stack.wait_job(j, timeout=200) for j in trained]
+    assert [r["status"] for r in results] == ["succeeded", "succeeded"], [r["error"] for r in results]
+    by_folder, by_converted = ({k: v for k, v in r["result"].items() if k != "train_seconds"} for r in results)
+    assert by_folder == by_converted
