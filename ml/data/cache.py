@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ml.data.dataset import DatasetError
 
-Fetch = Callable[[str, Path], None]
+Fetch = Callable[[str, Path], object]
 
 
 class CacheFullError(DatasetError):

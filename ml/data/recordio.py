@@ -21,8 +21,9 @@ from the store): the `.idx` once, then each record by its offset, one read per r
 
 from __future__ import annotations
 
+import itertools
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,6 +201,35 @@ class RecordIOReader:
     def record(self, index: int) -> tuple[IRHeader, bytes]:
         return unpack(self.payload(index))
 
+    def records(self, indices: list[int], block_bytes: int = 4 << 20) -> Iterator[tuple[int, IRHeader, bytes]]:
+        """(index, header, image) of `indices` in offset order, neighbouring records fetched together
+        in reads of up to `block_bytes` (one ranged GET per block, not per record)."""
+        starts = sorted(set(self.offsets.values()))
+        end_of = dict(itertools.pairwise(starts))  # a record ends where the next begins
+        todo = sorted(indices, key=lambda i: self.offsets[i])
+        k = 0
+        while k < len(todo):
+            first = self.offsets[todo[k]]
+            j = k
+            while (
+                j < len(todo)
+                and self.offsets[todo[j]] in end_of
+                and end_of[self.offsets[todo[j]]] - first <= block_bytes
+            ):
+                j += 1
+            if j == k:  # the file's last record, or one larger than a block: on its own
+                yield (todo[k], *unpack(self.payload(todo[k])))
+                k += 1
+                continue
+            block = self.read_range(first, end_of[self.offsets[todo[j - 1]]] - first)
+
+            def local(offset: int, n: int, block: bytes = block, first: int = first) -> bytes:
+                return block[offset - first : offset - first + n]
+
+            for i in todo[k:j]:
+                yield (i, *unpack(decode_record(local, self.offsets[i], f"{self.name} record {i}")))
+            k = j
+
     def samples(self) -> list[tuple[int, int]]:
         """(label, record index) of every image, in (label, index) order: from insightface's header
         record 0 when there is one, else every record."""
@@ -210,8 +240,7 @@ class RecordIOReader:
         else:
             indices = sorted(self.offsets)
         out = []
-        for i in indices:
-            h, _ = self.record(i)
+        for i, h, _ in self.records(indices):
             label = h.label[0] if isinstance(h.label, tuple) else h.label
             out.append((int(label), i))
         return sorted(out)
@@ -227,7 +256,8 @@ def load_recordio(
     samples = reader.samples()
     if not samples:
         raise RecordIOError(f"{reader.name} holds no images")
-    images: list[bytes] = [reader.record(i)[1] for _, i in samples]
+    got = {i: image for i, _, image in reader.records([i for _, i in samples])}
+    images = [got[i] for _, i in samples]
     try:
         x = load_images(images, image_size, channels)
     except ProtocolError as exc:
