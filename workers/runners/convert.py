@@ -6,11 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobs.db import session_scope
-from jobs.models import Dataset, new_id
 from jobs.params.convert import ConvertDatasetParams
-from jobs.states import utcnow
-from jobs.store import join_key
 from workers.runners import params_as
 
 if TYPE_CHECKING:
@@ -33,24 +29,9 @@ def run_convert_dataset(ctx: JobContext) -> dict[str, Any]:
         )
     except DatasetError as exc:
         raise JobInputError(f"dataset {p.dataset}: {exc}") from exc
-    ds_id = new_id()
-    prefix = f"datasets/{ds_id}"
-    keys = []
-    try:
-        for f in files:
-            keys.append(join_key(prefix, f.name))
-            ctx.store.put_file(keys[-1], f)
-        with session_scope(ctx.settings.resolved_database_url) as s:
-            s.add(Dataset(
-                id=ds_id, owner_id=ctx.owner_id, name=f"{p.dataset.removeprefix('dataset:')}-{p.to}",
-                key_prefix=prefix, num_files=len(files), num_identities=identities,
-                size_bytes=sum(f.stat().st_size for f in files), layout="identities",
-                files={"keys": [f.name for f in files], "format": p.to, "images": images}, created_at=utcnow(),
-            ))  # fmt: skip
-    except BaseException:
-        for key in keys:  # nothing half-stored
-            ctx.store.delete(key)
-        raise
+    made = ctx.add_dataset(
+        f"{p.dataset.removeprefix('dataset:')}-{p.to}", files, identities, {"format": p.to, "images": images}
+    )
     ctx.log(f"{p.dataset}: {images} images of {identities} identities -> {len(files)} {p.to} file(s)")
-    return {"dataset": f"dataset:{ds_id}", "format": p.to, "files": len(files), "images": images,
+    return {"dataset": made, "format": p.to, "files": len(files), "images": images,
             "identities": identities}  # fmt: skip

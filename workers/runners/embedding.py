@@ -42,16 +42,11 @@ def _recordio(ctx: JobContext, ref: str) -> Any:
     """A RecordIOReader over ranged store reads when dataset `ref` is one .rec + .idx, else None."""
     if not ref.startswith("dataset:"):
         return None
-    from jobs.db import session_scope
-    from jobs.models import Dataset
     from jobs.store import join_key
     from ml.data.recordio import RecordIOReader
 
-    with session_scope(ctx.settings.resolved_database_url) as s:
-        ds = s.get(Dataset, ref.removeprefix("dataset:"))
-        if ds is None or ds.owner_id != ctx.owner_id:
-            return None  # open_dataset says "not found"
-        prefix, keys = ds.key_prefix, set(ds.files.get("keys", []))
+    prefix, listed = ctx.dataset_objects(ref)
+    keys = set(listed)
     recs = [k for k in keys if k.endswith(".rec") and k[:-4] + ".idx" in keys]
     if len(recs) != 1:
         return None
@@ -64,19 +59,13 @@ def _shards(ctx: JobContext, ref: str) -> tuple[list[str], Any] | None:
     """(shard names, ShardCache over store downloads) when dataset `ref` holds `*-NNNNNN.tar` shards."""
     import re
 
-    from jobs.db import session_scope
-    from jobs.models import Dataset
     from jobs.store import join_key
     from ml.data.cache import ShardCache
 
     if not ref.startswith("dataset:"):
         return None
     ds_id = ref.removeprefix("dataset:")
-    with session_scope(ctx.settings.resolved_database_url) as s:
-        ds = s.get(Dataset, ds_id)
-        if ds is None or ds.owner_id != ctx.owner_id:
-            return None
-        prefix, keys = ds.key_prefix, list(ds.files.get("keys", []))
+    prefix, keys = ctx.dataset_objects(ref)
     names = sorted(k for k in keys if re.fullmatch(r"[^/]+-\d{6}\.tar", k))
     if not names:
         return None
