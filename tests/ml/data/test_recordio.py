@@ -83,3 +83,21 @@ def test_an_insightface_rec_of_orl_loads_as_the_same_images_as_the_folder(orl_di
     ref = load_image_folder(folder, image_size=32, channels="grey")
     assert torch.equal(data.images, ref.images) and torch.equal(data.labels, ref.labels)
     assert data.class_names == [str(i) for i in range(6)]
+
+
+def test_records_come_in_block_reads_with_the_same_bytes(tmp_path: Path) -> None:
+    samples = [(i // 4, bytes([i]) * (100 + i)) for i in range(20)]
+    write_insightface(tmp_path / "t.rec", tmp_path / "t.idx", samples)
+    read = local_reader(tmp_path / "t.rec")
+    calls: list[tuple[int, int]] = []
+
+    def counted(offset: int, n: int) -> bytes:
+        calls.append((offset, n))
+        return read(offset, n)
+
+    reader = RecordIOReader(counted, (tmp_path / "t.idx").read_text())
+    got = [(i, image) for i, _, image in reader.records(list(range(1, 21)), block_bytes=1000)]
+    assert got == [(i + 1, data) for i, (_, data) in enumerate(samples)]
+    # Record 0 (header) is 40 bytes; records of 140-160 bytes go 7, 6, 6 to a block of at most 1000,
+    # the last record (whose end the .idx does not give: the identity records follow) in a block too.
+    assert calls == [(40, 956), (996, 856), (1852, 896), (2748, 152)]
