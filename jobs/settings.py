@@ -92,6 +92,11 @@ class Settings(BaseSettings):
         "task-started and task-succeeded from the worker, two of them on the job's own path); on Redis they "
         "are pub/sub messages, dropped when no monitor listens.",
     )
+    shard_cache_bytes: int = Field(
+        2 * 1024**3,
+        ge=1024**2,
+        description="Disk a worker gives to streamed dataset shards (tar shards), least recently used out.",
+    )
     max_device_error_requeues: int = Field(
         3,
         ge=0,

@@ -62,6 +62,7 @@ class Store(Protocol):
     def put_bytes(self, key: str, data: bytes, content_type: str = ...) -> StoredObject: ...
     def put_file(self, key: str, path: Path, content_type: str = ...) -> StoredObject: ...
     def get_bytes(self, key: str) -> bytes: ...
+    def get_range(self, key: str, offset: int, length: int) -> bytes: ...
     def download(self, key: str, path: Path) -> Path: ...
     def open_stream(self, key: str) -> Iterator[bytes]: ...
     def exists(self, key: str) -> bool: ...
@@ -124,6 +125,17 @@ class LocalStore:
         if not path.is_file():
             raise ObjectMissing(key)
         return path.read_bytes()
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """`length` bytes from `offset` (fewer at the end of the object)."""
+        path = self._path(key)
+        if not path.is_file():
+            raise ObjectMissing(key)
+        if length <= 0:
+            return b""
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read(length)
 
     def download(self, key: str, path: Path) -> Path:
         src = self._path(key)
@@ -283,6 +295,22 @@ class S3Store:
                 resp.release_conn()
 
         return self._retry(f"download {key}", get)
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """`length` bytes from `offset` by one ranged GET (fewer at the end of the object)."""
+        check_key(key)
+        if length <= 0:
+            return b""
+
+        def get() -> bytes:
+            resp = self.client.get_object(self.bucket, key, offset=offset, length=length)
+            try:
+                return resp.read()
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return self._retry(f"download {key} [{offset}:{offset + length}]", get)
 
     def download(self, key: str, path: Path) -> Path:
         check_key(key)

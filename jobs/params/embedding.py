@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from jobs.kindspec import KindSpec, ml_defaults
 from jobs.refs import DATASET_REF_PATTERN, MODEL_REF_PATTERN
 
 # Settings shared with ml.arcface.config.TrainConfig: one default each, in ml/arcface/defaults.json.
 TRAIN = ml_defaults("arcface", "TrainConfig")
+
+# evaluate's protocol: random, or a file path inside the dataset (no leading dot or slash).
+PROTOCOL = re.compile(r"(random|(pairs|bin):[A-Za-z0-9_][A-Za-z0-9_./-]{0,255})")
 
 # Mirrors ml.backbones.list_backbones(); a test keeps the two in step.
 BACKBONES = ("se_resnet18", "iresnet18", "iresnet50")
@@ -128,9 +132,24 @@ class EvaluateParams(BaseModel):
         TRAIN["gallery_fraction"], gt=0.0, lt=1.0, description="Share of each identity used as gallery."
     )
     max_samples: int | None = Field(None, ge=2, description="Evaluate at most this many images (seeded subset).")
+    protocol: str = Field(
+        "random",
+        max_length=260,
+        description='Verification pairs: "random" (seeded pairs of the dataset), "pairs:<path>" (an LFW-style '
+        'pairs.txt in the dataset, 10 folds, images named name/name_0001.jpg or name/1.pgm) or "bin:<path>" '
+        "(an insightface verification .bin in the dataset); accuracy is the mean over the protocol's folds, "
+        "each fold's threshold chosen on the others.",
+    )
     seed: int = Field(
         TRAIN["seed"], ge=0, le=2**31 - 1, description="Seeds pair sampling, folds and the gallery split."
     )
+
+    @field_validator("protocol")
+    @classmethod
+    def _protocol(cls, value: str) -> str:
+        if not PROTOCOL.fullmatch(value):
+            raise ValueError('protocol must be "random", "pairs:<path in the dataset>" or "bin:<path in the dataset>"')
+        return value
 
 
 KINDS = [

@@ -162,10 +162,14 @@ def test_params_take_every_ref_pattern_from_jobs_refs() -> None:
 def test_kinds_are_found_by_scanning_jobs_params() -> None:
     files = sorted(p.stem for p in Path(jobs.params.__file__).parent.glob("*.py") if not p.stem.startswith("_"))
     # sweep.py declares no kind (KINDS = []): it holds what POST /sweeps takes.
-    assert families() == files == ["embed", "embedding", "export", "gan", "index", "invert", "probe", "search", "sweep"]
+    assert (
+        families()
+        == files
+        == ["convert", "embed", "embedding", "export", "gan", "index", "invert", "probe", "search", "sweep"]
+    )
     assert sorted(registry()) == [
-        "embed", "evaluate", "export", "index", "invert", "probe", "recover_latent", "search", "search_one",
-        "train_embedding", "train_encoder", "train_generator", "verify",
+        "convert_dataset", "embed", "evaluate", "export", "index", "invert", "probe", "recover_latent", "search",
+        "search_one", "train_embedding", "train_encoder", "train_generator", "verify",
     ]  # fmt: skip
 
 

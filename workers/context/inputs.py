@@ -50,6 +50,40 @@ class Inputs(ContextBase):
         full = [join_key(prefix, k) for k in keys] if keys else self.store.list(prefix)
         return self._fetch_prefix(prefix, full, self._cache("datasets", ds_id))
 
+    def dataset_objects(self, ref: str) -> tuple[str, list[str]]:
+        """(store prefix, relative keys) of the caller's dataset `ref`, for readers that stream its
+        objects (ranged reads, shard by shard) instead of `open_dataset`'s whole download."""
+        ds_id = ref.removeprefix("dataset:")
+        with session_scope(self._db) as s:
+            ds = s.get(Dataset, ds_id)
+            if not ref.startswith("dataset:") or ds is None or ds.owner_id != self.owner_id:
+                raise JobInputError(f"dataset {ds_id} not found")
+            return ds.key_prefix, list(ds.files.get("keys", []))
+
+    def add_dataset(self, name: str, files: list[Path], identities: int, meta: dict[str, Any]) -> str:
+        """Store `files` as a new dataset of the job's owner (flat under datasets/<id>/); its ref.
+        Nothing half-stored: a failure deletes what was put."""
+        from jobs.models import new_id
+        from jobs.states import utcnow
+
+        ds_id = new_id()
+        prefix, keys = f"datasets/{ds_id}", []
+        try:
+            for f in files:
+                keys.append(join_key(prefix, f.name))
+                self.store.put_file(keys[-1], f)
+            with session_scope(self._db) as s:
+                s.add(Dataset(
+                    id=ds_id, owner_id=self.owner_id, name=name, key_prefix=prefix, num_files=len(files),
+                    num_identities=identities, size_bytes=sum(f.stat().st_size for f in files), layout="identities",
+                    files={"keys": [f.name for f in files], **meta}, created_at=utcnow(),
+                ))  # fmt: skip
+        except BaseException:
+            for key in keys:
+                self.store.delete(key)
+            raise
+        return f"dataset:{ds_id}"
+
     def open_model(self, ref: str) -> Path:
         """A local folder holding model `ref`: a job's artifacts (job:<id>) or an upload (model:<id>)."""
         if ref.startswith("job:"):

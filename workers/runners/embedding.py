@@ -38,10 +38,78 @@ def _dataset_folder(ctx: JobContext, ref: str) -> Path | None:
     return None if ref == "builtin:digits" else Path(ctx.open_dataset(ref))
 
 
+def _recordio(ctx: JobContext, ref: str) -> Any:
+    """A RecordIOReader over ranged store reads when dataset `ref` is one .rec + .idx, else None."""
+    if not ref.startswith("dataset:"):
+        return None
+    from jobs.store import join_key
+    from ml.data.recordio import RecordIOReader
+
+    prefix, listed = ctx.dataset_objects(ref)
+    keys = set(listed)
+    recs = [k for k in keys if k.endswith(".rec") and k[:-4] + ".idx" in keys]
+    if len(recs) != 1:
+        return None
+    rec_key = join_key(prefix, recs[0])
+    idx = ctx.store.get_bytes(join_key(prefix, recs[0][:-4] + ".idx")).decode("utf-8", errors="replace")
+    return RecordIOReader(lambda offset, n: ctx.store.get_range(rec_key, offset, n), idx, recs[0])
+
+
+def _shards(ctx: JobContext, ref: str) -> tuple[list[str], Any] | None:
+    """(shard names, ShardCache over store downloads) when dataset `ref` holds `*-NNNNNN.tar` shards."""
+    import re
+
+    from jobs.store import join_key
+    from ml.data.cache import ShardCache
+
+    if not ref.startswith("dataset:"):
+        return None
+    ds_id = ref.removeprefix("dataset:")
+    prefix, keys = ctx.dataset_objects(ref)
+    names = sorted(k for k in keys if re.fullmatch(r"[^/]+-\d{6}\.tar", k))
+    if not names:
+        return None
+    root = ctx.settings.home.resolve() / "cache" / "shards" / ds_id
+
+    def fetch(name: str, dest: Path) -> None:
+        ctx.store.download(join_key(prefix, name), dest)
+
+    return names, ShardCache(root, ctx.settings.shard_cache_bytes, fetch, lambda n: ctx.store.size(join_key(prefix, n)))
+
+
+def _load_shards(found: tuple[list[str], Any], ref: str, size: tuple[int, int], channels: int | None) -> Any:
+    """Every sample of the shards, streamed through the bounded cache (shard order: by name)."""
+    import torch
+
+    from ml.data import ImageDataset
+    from ml.data.protocols import load_images
+    from ml.data.shards import ShardSampler, ShardStream
+
+    names, cache = found
+    stream = ShardStream(names, cache, ShardSampler(len(names), shuffle=False))
+    samples = sorted(((label, n, img) for n, (_, img, label) in enumerate(stream.epoch())), key=lambda t: t[:2])
+    ids = sorted({lab for lab, _, _ in samples})
+    remap = {lab: k for k, lab in enumerate(ids)}
+    images = load_images([img for _, _, img in samples], size, channels)
+    labels = torch.tensor([remap[lab] for lab, _, _ in samples])
+    return ImageDataset(images, labels, [str(i) for i in ids], ref)
+
+
 def _load(ctx: JobContext, ref: str, image_size: Any, channels: str | None) -> Any:
     from ml.data import DatasetError, load_dataset
 
     try:
+        reader = _recordio(ctx, ref)
+        if reader is not None:  # records read by offset from the store, never downloaded whole
+            from ml.data.recordio import load_recordio
+
+            size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+            c = {"grey": 1, "rgb": 3, None: None}[channels]
+            return load_recordio(reader, size, c, source=ref)
+        shards = _shards(ctx, ref)
+        if shards is not None:  # fetched shard by shard into a bounded cache, never the whole set
+            size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+            return _load_shards(shards, ref, size, {"grey": 1, "rgb": 3, None: None}[channels])
         # download=True: where MNIST's files are missing, torchvision's downloader is tried (online only).
         folder = _dataset_folder(ctx, ref)
         return load_dataset(ref, folder, image_size=image_size, channels=channels, download=True)  # type: ignore[arg-type]
@@ -146,6 +214,8 @@ def run_evaluate(ctx: JobContext) -> dict[str, Any]:
             backbone, _, config = load_trained(ctx.open_model(p.model), device=ctx.device)
         except TrainedModelError as exc:
             raise JobInputError(f"model {p.model}: {exc}") from exc
+    if p.protocol != "random":
+        return _evaluate_protocol(ctx, p, backbone, config)
     channels = "grey" if int(config["in_channels"]) == 1 else "rgb"
     dataset = _load(ctx, p.dataset, tuple(config["image_size"]), channels)
     note = "all images"
@@ -187,3 +257,66 @@ def run_evaluate(ctx: JobContext) -> dict[str, Any]:
     ctx.put_artifact("metrics.json", _json_bytes(metrics), "application/json")
     _put_plots(ctx, evaluation_plots(report, emb, dataset.labels, dataset.class_names))
     return {k: report.metrics[k] for k in SUMMARY_KEYS if k in report.metrics} | {"evaluated_on": note}
+
+
+def _protocol_file(ctx: JobContext, p: EvaluateParams) -> tuple[str, Path, Path]:
+    """(kind, dataset folder, protocol file) of "pairs:<path>" / "bin:<path>", the file inside the dataset."""
+    kind, rel = p.protocol.split(":", 1)
+    if not p.dataset.startswith("dataset:"):
+        raise JobInputError(f"protocol {p.protocol}: the protocol file must be in a dataset:<id>, not {p.dataset}")
+    folder = Path(ctx.open_dataset(p.dataset)).resolve()
+    path = (folder / rel).resolve()
+    if not path.is_relative_to(folder) or not path.is_file():
+        raise JobInputError(f"protocol {p.protocol}: {rel!r} is not a file of {p.dataset}")
+    return kind, folder, path
+
+
+def _evaluate_protocol(ctx: JobContext, p: EvaluateParams, backbone: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """Verification on a fixed protocol (pairs.txt or .bin): metrics.json and roc.png."""
+    import numpy as np
+
+    from ml.arcface.model import Normalization, preprocess
+    from ml.data.protocols import (
+        ProtocolError,
+        bin_folds,
+        load_bin,
+        load_images,
+        parse_pairs,
+        protocol_metrics,
+        resolve_pairs,
+    )
+    from ml.metrics.plots import roc_png
+    from ml.metrics.verification import embed_images, pair_scores, roc_curve
+
+    kind, folder, path = _protocol_file(ctx, p)
+    size, channels = (int(config["image_size"][0]), int(config["image_size"][1])), int(config["in_channels"])
+    try:
+        if kind == "pairs":
+            try:
+                pairs = parse_pairs(path.read_text(encoding="utf-8"))
+            except UnicodeDecodeError as exc:
+                raise ProtocolError(f"pairs file is not UTF-8 text: {exc}") from exc
+            files, a, b = resolve_pairs(pairs, folder)
+            images = load_images(files, size, channels)
+            same, fold = np.array([q.same for q in pairs]), np.array([q.fold for q in pairs])
+        else:
+            bins, same = load_bin(path.read_bytes())
+            images = load_images(bins, size, channels)
+            a = np.arange(0, len(bins), 2)
+            b, fold = a + 1, bin_folds(same.size)
+    except ProtocolError as exc:
+        raise JobInputError(f"protocol {p.protocol}: {exc}") from exc
+    ctx.log(f"evaluating {p.model} on {same.size} pairs of {p.protocol} ({images.shape[0]} images)")
+    ctx.progress(0, 1)
+    norm = Normalization.from_json(config["normalize"])
+    x = preprocess(images, size, channels, norm, config.get("warp") or "none")
+    emb = embed_images(backbone, x, flip_tta=p.flip_tta, device=ctx.device)
+    scores = pair_scores(emb, a, b)
+    metrics = protocol_metrics(scores, same, fold)
+    ctx.progress(1, 1, auc=float(metrics["auc"]), accuracy=float(metrics["accuracy"]))
+    fpr, tpr, _ = roc_curve(scores, same)
+    info = {"model": p.model, "dataset": p.dataset, "protocol": p.protocol, "flip_tta": p.flip_tta}
+    ctx.put_artifact("metrics.json", _json_bytes(metrics | info), "application/json")
+    ctx.put_artifact("roc.png", roc_png(fpr, tpr, float(metrics["auc"])), "image/png")
+    summary = {k: metrics[k] for k in SUMMARY_KEYS if k in metrics}
+    return summary | {"num_images": int(images.shape[0]), "protocol": p.protocol, "evaluated_on": p.protocol}
