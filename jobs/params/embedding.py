@@ -95,6 +95,19 @@ class TrainEmbeddingParams(BaseModel):
     seed: int = Field(
         TRAIN["seed"], ge=0, le=2**31 - 1, description="Seeds split, init, data order, augmentation, dropout."
     )
+    gpus: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="Ranks training together (GPUs of one host; gloo processes on a CPU worker): the backbone in "
+        "DDP, the ArcFace weights sharded; batch_size is the global batch (a multiple of gpus). Goes to queue "
+        "gpu-N for N > 1 (see README, GPU workers).",
+    )
+
+
+def queue_for_gpus(gpus: int) -> str:
+    """The queue of a job that needs `gpus` GPUs of one host: gpu, gpu-2, gpu-4, gpu-8."""
+    return "gpu" if gpus <= 1 else f"gpu-{gpus}"
 
 
 class EvaluateParams(BaseModel):

@@ -17,7 +17,8 @@ objects it is made of; the loop owns the rest, once for every trainer:
 Room for what comes next, in `LoopPolicy` (recorded, documented, used where shown):
 - device and precision: `autocast()` enters `torch.autocast` when `autocast_dtype` is set, and a
   `scaler` (`torch.amp.GradScaler`) is saved and restored with the other state;
-- distribution: `rank` and `world_size`; only rank 0 writes checkpoints (`is_main`);
+- distribution: `rank` and `world_size`; every rank builds the checkpoint's state (sharded objects
+  gather there), only rank 0 writes it (`is_main`);
 - gradient accumulation: `accumulate` micro-batches per optimiser step, for a step to honour;
 - a sampler that resumes mid-epoch: make the unit a step and put the sampler (anything with
   `state_dict` / `load_state_dict`) in `stateful()`.
@@ -175,8 +176,12 @@ class ResumableLoop:
         return self.done
 
     def save(self) -> None:
-        """Write this run's checkpoint (portable form) through the callbacks; only on rank 0."""
-        if self.callbacks is None or not self.policy.is_main:
+        """Write this run's checkpoint (portable form) through the callbacks; only rank 0 writes.
+
+        With several ranks every rank builds the state (an object's `state_dict` may be a
+        collective, as a sharded one gathering every rank's shard) and rank 0 writes it.
+        """
+        if self.callbacks is None or (not self.policy.is_main and self.policy.world_size == 1):
             return
         started = time.perf_counter()
         state: dict[str, Any] = {"kind": self.kind}
@@ -185,6 +190,8 @@ class ResumableLoop:
         state[self.unit] = self.done
         state.update({name: obj.state_dict() for name, obj in self.objects().items()})
         state.update(self.extra_state())
+        if not self.policy.is_main:
+            return
         self.callbacks.save_checkpoint(portable(state))
         self.checkpoints += 1
         self.checkpoint_seconds += time.perf_counter() - started
