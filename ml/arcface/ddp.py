@@ -15,7 +15,11 @@ The same run as `ml.arcface.train.train_embedding` with one rank, spread over N:
   optimiser state;
 - the loss is the global batch's mean (`PartialFCLoss`); backward scales it by N so DDP's
   gradient average is the sum, and W's local gradient is scaled back;
-- one unit of the loop is one step, so a checkpoint can fall mid-epoch: it holds the model and
+- precision and stepping come from `LoopPolicy.for_device` (bf16 autocast on CUDA where
+  supported, else fp16 with a grad scaler; fp32 on CPU; channels_last on CUDA), with
+  `config.accumulate` micro-batches per optimiser step (DDP syncs on the last), gradient clipping,
+  lr scaled linearly with the global batch (`lr_reference_batch`) and a linear warmup;
+- one unit of the loop is one (micro-)step, so a checkpoint can fall mid-epoch: it holds the model and
   its optimiser (the same on every rank), every rank's W shard and optimiser shard
   (`ShardedHead`), the sampler's position and the epoch's running sums; it resumes on any world
   size (the head is re-sharded on load).
@@ -24,6 +28,8 @@ The saved result is `TrainedEmbedding` with the full (d, C) W, as one rank's.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
 import os
 import pickle
@@ -41,19 +47,20 @@ from torch.nn.parallel import DistributedDataParallel
 from ml.arcface.config import TrainConfig, TrainConfigError, TrainedEmbedding, validate_config
 from ml.arcface.partial_fc import PartialFCLoss
 from ml.arcface.prepare import Prepared, finish, prepare, train_tensors
+from ml.arcface.sampler import ShardSampler
 from ml.arcface.shards import ShardedHead, gather_columns, shard_columns
-from ml.arcface.train import _augment, _epoch_draws
+from ml.arcface.train import _augment
 from ml.backbones import BackboneError, create_backbone
 from ml.core.callbacks import Callbacks, LocalCallbacks
-from ml.core.distributed import RankChannel, RankFailed, exit_with_parent, init_rank, run_ranks
+from ml.core.distributed import RankChannel, RankFailed, average_buffers, exit_with_parent, init_rank, run_ranks
 from ml.core.errors import InputError, Stopped
 from ml.core.fingerprint import fingerprint
-from ml.core.loop import LoopPolicy, ResumableLoop
+from ml.core.loop import LoopPolicy, ResumableLoop, scaled_lr, warmup_factor
 from ml.core.safe_load import load_checkpoint_bytes
 from ml.core.seeding import epoch_seed, seed_everything
 from ml.core.state import Stateful
 
-__all__ = ["CHECKPOINT_KIND", "DistributedOptions", "RankFailed", "train_embedding_ddp"]
+__all__ = ["CHECKPOINT_KIND", "DistributedOptions", "RankFailed", "ShardSampler", "train_embedding_ddp"]
 
 CHECKPOINT_KIND = "train_embedding_ddp"
 
@@ -78,52 +85,6 @@ class DistributedOptions:
     checkpoint_every: int = 0
     threads: int = 0
     die_at: tuple[int, int] | None = None
-
-
-class ShardSampler:
-    """Rank `rank`'s slice of every global batch of an epoch; resumes mid-epoch by its position.
-
-    The epoch's order and augmentation draws are exactly one rank's (`train_embedding`): a seeded
-    permutation, then per global batch its shifts and flips; rank r takes rows [r*b, (r+1)*b).
-    """
-
-    def __init__(self, n: int, batch: int, world_size: int, rank: int, config: TrainConfig) -> None:
-        self.n, self.batch, self.world_size, self.rank, self.config = n, batch, world_size, rank, config
-        self.steps = max(1, n // batch)
-        self.local = batch // world_size
-        self.epoch, self.position = 0, 0
-        self._cached: tuple[int, Any] | None = None
-
-    def draws(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """(order, offsets, flips) of `epoch`, as one rank draws them."""
-        if self._cached is None or self._cached[0] != epoch:
-            gen = torch.Generator().manual_seed(epoch_seed(self.config.seed, epoch))
-            order = torch.randperm(self.n, generator=gen)[: self.steps * self.batch]
-            offsets, flips = _epoch_draws(
-                self.steps, self.batch, self.config.augment_shift, self.config.augment_flip, gen
-            )
-            self._cached = (epoch, (order, offsets, flips))
-        return self._cached[1]
-
-    def take(self, epoch: int, position: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """This rank's indices, offsets and flips at `position` of `epoch`; the next position is remembered."""
-        order, offsets, flips = self.draws(epoch)
-        lo = position * self.batch + self.rank * self.local
-        rows = slice(self.rank * self.local, (self.rank + 1) * self.local)
-        self.epoch, self.position = epoch, position + 1
-        return (
-            order[lo : lo + self.local],
-            None if offsets is None else offsets[position, rows],
-            None if flips is None else flips[position, rows],
-        )
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position, "n": self.n, "batch": self.batch}
-
-    def load_state_dict(self, state: dict[str, int], /) -> None:
-        if int(state["n"]) != self.n or int(state["batch"]) != self.batch:
-            raise TrainConfigError("the checkpoint's sampler is for other data or another global batch")
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
 class _RankCallbacks:
@@ -155,6 +116,20 @@ class _RankCallbacks:
         """No previews from ranks."""
 
 
+class _AveragedModel:
+    """The backbone's stateful: its batch-norm statistics averaged over the ranks before saving (a collective)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def state_dict(self) -> dict[str, Any]:
+        average_buffers(self.module)
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any], /) -> None:
+        self.module.load_state_dict(state)
+
+
 class _DDPLoop(ResumableLoop):
     """One unit is one step of the global batch; see the module docstring."""
 
@@ -173,7 +148,7 @@ class _DDPLoop(ResumableLoop):
     def stateful(self) -> dict[str, Stateful]:
         p = self.p
         return {
-            "model": p["backbone"],
+            "model": _AveragedModel(p["backbone"]),
             "optimizer": p["opt"],
             "scheduler": p["sched"],
             "head": p["head"],
@@ -206,15 +181,23 @@ class _DDPLoop(ResumableLoop):
         yb = p["y"][idx]
         torch.manual_seed(epoch_seed(config.seed, index) * 64 + policy.rank)  # dropout: (seed, step, rank)
         p["ddp"].train()
-        emb = p["ddp"](p["norm"].apply(xb))
-        loss = p["pfc"](emb, yb, step=index).loss
-        p["opt"].zero_grad(set_to_none=True)
-        p["head_opt"].zero_grad(set_to_none=True)
-        (loss * policy.world_size).backward()  # DDP averages: x N makes it the sum of every rank's part
-        p["pfc"].weight.grad.div_(policy.world_size)
-        p["opt"].step()
-        p["head_opt"].step()
-        loss_value, hits, rows = float(loss.detach()), self._hits(emb.detach(), yb), p["sampler"].batch
+        last_micro = (index + 1) % policy.accumulate == 0
+        sync = contextlib.nullcontext() if last_micro else p["ddp"].no_sync()  # all-reduce once per step
+        with sync:
+            with policy.autocast():
+                emb = p["ddp"](policy.layout(p["norm"].apply(xb)))
+                loss = p["pfc"](emb, yb, step=index).loss
+            # DDP averages the backbone's gradients: x N makes that the sum of every rank's part (W's
+            # own gradient is scaled back by the hook in `_train_rank`).
+            policy.backward(loss * policy.world_size)
+        optimizers = [p["opt"], p["head_opt"]]
+        factor = warmup_factor(index // policy.accumulate, p["warmup_steps"])
+        for group in (g for opt in optimizers for g in opt.param_groups):
+            group["lr"] *= factor
+        policy.step(optimizers, index)
+        for group in (g for opt in optimizers for g in opt.param_groups):
+            group["lr"] /= factor
+        loss_value, hits, rows = float(loss.detach()), self._hits(emb.detach().float(), yb), p["sampler"].batch
         if not torch.isfinite(torch.tensor(loss_value)):
             raise FloatingPointError(f"the ArcFace loss became {loss_value} at step {index + 1}; lower lr")
         self.sums = [self.sums[0] + loss_value * rows, self.sums[1] + hits, self.sums[2] + rows]
@@ -288,24 +271,36 @@ def _train_rank(rank: int, channel: RankChannel, dataset: Any, config: TrainConf
     pfc = PartialFCLoss(num_classes, config.embedding_size, margin=config.margin, scale=config.scale,
                         seed=config.seed, weight=shard_columns(full, world, rank).to(device))  # fmt: skip
     del full
-    opt, sched, head_opt, head_sched = _make_optimizers(config, backbone, pfc)
     x01, y = train_tensors(prep, config, device)
     n = int(x01.shape[0])
     batch = min(config.batch_size, n)
     if batch % world:
         raise TrainConfigError(f"batch_size {batch} must be a multiple of gpus ({world}): it is the global batch")
-    ddp = DistributedDataParallel(backbone, device_ids=[device.index] if device.type == "cuda" else None)
+    lr = scaled_lr(config.lr, batch * config.accumulate, config.lr_reference_batch)
+    opt, sched, head_opt, head_sched = _make_optimizers(dataclasses.replace(config, lr=lr), backbone, pfc)
+    pfc.weight.register_hook(lambda grad: grad / world)  # the loss is scaled by N for DDP; W's gradient is not averaged
+    policy = LoopPolicy.for_device(
+        device, config.mixed_precision, rank=rank, world_size=world, accumulate=config.accumulate,
+        clip_grad_norm=config.clip_grad_norm,
+    )  # fmt: skip
+    if policy.channels_last:
+        backbone = backbone.to(memory_format=torch.channels_last)
+    # Each rank's batch norm tracks its own slice (no forward broadcast); averaged at each checkpoint and the end.
+    ddp = DistributedDataParallel(
+        backbone, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False
+    )
     parts = {
         "backbone": backbone, "ddp": ddp, "pfc": pfc, "opt": opt, "sched": sched, "head_opt": head_opt,
         "head_sched": head_sched, "head": ShardedHead(pfc.weight, head_opt, num_classes),
         "sampler": ShardSampler(n, batch, world, rank, config), "x01": x01, "y": y, "norm": prep.norm,
+        "warmup_steps": config.warmup_epochs * max(1, n // batch) // config.accumulate,
     }  # fmt: skip
     key = fingerprint(config.to_json(), dataset.source, len(dataset), n)
-    policy = LoopPolicy(device=device, rank=rank, world_size=world)
     loop = _DDPLoop(_RankCallbacks(channel, rank, checkpoint), config, parts, policy, key, options)
     started = time.monotonic()
     loop.run()
     weight = gather_columns(pfc.weight.detach(), num_classes)
+    average_buffers(backbone)
     if rank != 0:
         return None
     return finish(prep, config, backbone, weight, loop.history, device, time.monotonic() - started)

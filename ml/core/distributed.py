@@ -18,6 +18,7 @@ No rank outlives `run_ranks`.
 from __future__ import annotations
 
 import datetime
+import multiprocessing.process
 import os
 import queue
 import socket
@@ -31,7 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-__all__ = ["RankChannel", "RankFailed", "exit_with_parent", "free_port", "init_rank", "run_ranks"]
+__all__ = ["RankChannel", "RankFailed", "average_buffers", "exit_with_parent", "free_port", "init_rank", "run_ranks"]
 
 POLL_S = 0.2
 
@@ -80,6 +81,22 @@ def exit_with_parent(poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+def average_buffers(module: torch.nn.Module) -> None:
+    """Average `module`'s floating buffers (batch norm's running statistics) over the ranks (a collective).
+
+    With `broadcast_buffers=False` each rank's batch norm tracks its own slice of the batch;
+    the average is what one rank seeing the whole batch would track, within the between-rank spread.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    world = dist.get_world_size()
+    with torch.no_grad():
+        for buf in module.buffers():
+            if buf.is_floating_point():
+                dist.all_reduce(buf)
+                buf.div_(world)
+
+
 def init_rank(rank: int, world_size: int, port: int, device: torch.device, timeout_s: float) -> None:
     """`init_process_group` for this rank: NCCL on CUDA (device set first), gloo on CPU."""
     os.environ["MASTER_ADDR"] = "127.0.0.1"
@@ -113,11 +130,25 @@ def run_ranks(
     ctx = mp.get_context("spawn")
     channel = RankChannel(ctx.Queue(), ctx.Event())
     port = free_port()
-    procs = [
-        ctx.Process(target=target, args=(r, world_size, port, channel, *args), daemon=True) for r in range(world_size)
-    ]
-    for p in procs:
-        p.start()
+    # A Celery prefork child is daemonic, and multiprocessing refuses children to daemons; the
+    # ranks are ended here (and end themselves with their parent: `exit_with_parent`), which is
+    # what that rule protects.
+    # Billiard (Celery's pool) also leaves its own AuthenticationString as the authkey, which the
+    # standard library's spawn will not pickle: the ranks get the same key as a standard one.
+    config = mp.current_process()._config  # type: ignore[attr-defined]
+    saved = {k: config.get(k) for k in ("daemon", "authkey")}
+    config["daemon"] = False
+    if saved["authkey"] is not None:
+        config["authkey"] = multiprocessing.process.AuthenticationString(bytes(saved["authkey"]))  # type: ignore[attr-defined]
+    try:
+        procs = [
+            ctx.Process(target=target, args=(r, world_size, port, channel, *args), daemon=True)
+            for r in range(world_size)
+        ]
+        for p in procs:
+            p.start()
+    finally:
+        config.update(saved)
     last_stop_poll = 0.0
     failed_at: float | None = None
     failure = ""
