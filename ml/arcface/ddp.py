@@ -307,7 +307,7 @@ def _train_rank(rank: int, channel: RankChannel, dataset: Any, config: TrainConf
 
 
 def _rank_main(rank: int, world_size: int, port: int, channel: RankChannel, dataset: Any, config: TrainConfig,
-               checkpoint: dict[str, Any] | None, options: DistributedOptions) -> None:  # fmt: skip
+               checkpoint: bytes | None, options: DistributedOptions) -> None:  # fmt: skip
     """One spawned rank: join the group, train, send rank 0's result; any error exits non-zero."""
     exit_with_parent()
     threads = options.threads or max(1, (os.cpu_count() or 1) // world_size)
@@ -316,7 +316,8 @@ def _rank_main(rank: int, world_size: int, port: int, channel: RankChannel, data
     code = 0
     try:
         init_rank(rank, world_size, port, device, options.timeout_s)
-        result = _train_rank(rank, channel, dataset, config, checkpoint, options)
+        state = None if checkpoint is None else load_checkpoint_bytes(checkpoint, "checkpoint.pt")
+        result = _train_rank(rank, channel, dataset, config, state, options)
         if rank == 0:
             channel.send("result", pickle.dumps(result))
     except Stopped as exc:
@@ -373,7 +374,16 @@ def train_embedding_ddp(
             box.setdefault("errors", []).append((message[1], message[2], pickle.loads(message[3])))
         return False
 
-    args = (dataset, config, cb.load_checkpoint(), opts)
+    # The checkpoint goes to the ranks as bytes, each loading its own copy: tensors handed over as
+    # they are would be one shared-memory storage in every rank, and optimisers update their state
+    # in place (every rank's step would land on the same momentum buffers).
+    state = cb.load_checkpoint()
+    blob = None
+    if state is not None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        blob = buf.getvalue()
+    args = (dataset, config, blob, opts)
     try:
         run_ranks(_rank_main, opts.world_size, args, on_message, cb.should_stop, grace_s=opts.timeout_s)
     except RankFailed as exc:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -95,7 +95,7 @@ class LoopPolicy:
             loss = self.scaler.scale(loss)  # type: ignore[attr-defined]
         loss.backward()
 
-    def step(self, optimizers: list[torch.optim.Optimizer], micro: int) -> bool:
+    def step(self, optimizers: Sequence[torch.optim.Optimizer], micro: int) -> bool:
         """After micro-batch `micro` (0-based, counted over the run): at the end of each group of
         `accumulate`, unscale, clip every optimiser's gradients to `clip_grad_norm` (one norm over
         all of them), step and zero them. Returns whether it stepped.

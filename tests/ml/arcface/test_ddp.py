@@ -1,11 +1,14 @@
 """ArcFace on N ranks (`ml.arcface.ddp`): gloo on CPU, against one rank; a killed rank; re-sharding.
 
-Recipes (MNIST at 16x16, a narrow se_resnet18, s=32, split by sample, seed 3; `batch_size` is the
-global batch, so 1 and 2 ranks see the same samples in the same steps):
-- QUALITY: 3,000 images, 5 epochs of batch 64; the 2-rank held-out verification accuracy is
-  within 0.5 points of one rank's (`train_embedding`).
-- SMALL: 1,200 images, 2 epochs, a checkpoint every 5 steps (mid-epoch): the kill, resume and
-  re-shard runs.
+Recipes (MNIST at 16x16, a narrow se_resnet18 without dropout, s=32, lr 0.1, split by sample,
+seed 3; `batch_size` is the global batch, so 1 and 2 ranks see the same samples in the same steps):
+- BASE: 6,000 images, 12 epochs of batch 128 (64 a rank), d=64, 10,000 pairs of each kind: the
+  2-rank held-out verification accuracy is within 0.5 points of one rank's (`train_embedding`);
+  measured 0.9841 against 0.9843 (8 epochs gave 0.978 against 0.973: the runs differ by batch
+  norm's per-rank statistics, and need to converge for the bar). Dropout is off because its masks
+  cannot match across world sizes; batch norm still normalises per rank (64 rows, not 128).
+- SMALL: 1,200 images, 2 epochs of batch 64, d=32, a checkpoint every 5 steps (mid-epoch): the
+  kill, resume and re-shard runs.
 """
 
 from __future__ import annotations
@@ -29,17 +32,19 @@ from ml.data import ImageDataset, load_mnist
 
 BASE = TrainConfig(
     backbone="se_resnet18",
-    backbone_kwargs={"base_width": 8},
-    embedding_size=32,
+    backbone_kwargs={"base_width": 8, "dropout": 0.0},
+    embedding_size=64,
     image_size=16,
     scale=32.0,
-    epochs=5,
-    batch_size=64,
+    lr=0.1,
+    epochs=12,
+    batch_size=128,
     augment_shift=1,
     split_by="sample",
     seed=3,
+    max_pairs=10_000,
 )
-SMALL = dataclasses.replace(BASE, epochs=2)
+SMALL = dataclasses.replace(BASE, epochs=2, batch_size=64, embedding_size=32, max_pairs=3000)
 EVERY = 5  # steps between checkpoints in the SMALL runs (14 steps an epoch)
 
 
@@ -116,20 +121,20 @@ def test_reshard_head_state_regroups_weight_and_momentum() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_two_ranks_reach_one_ranks_accuracy_and_save_the_same_format(mnist_dir: Path, tmp_path: Path) -> None:
-    data = load_mnist(mnist_dir, 16, max_samples=3000)
+    data = load_mnist(mnist_dir, 16, max_samples=6000)
     one = train_embedding(data, BASE)
     cb = LocalCallbacks()
     two = train_embedding_ddp(data, BASE, cb, DistributedOptions(world_size=2, threads=1))
     assert abs(two.metrics["accuracy"] - one.metrics["accuracy"]) <= 0.005, (one.metrics, two.metrics)
-    assert two.metrics["accuracy"] >= 0.9
+    assert two.metrics["accuracy"] >= 0.97
     assert two.metrics["train_images"] == one.metrics["train_images"]
-    assert [h["epoch"] for h in two.history] == [1, 2, 3, 4, 5]
-    steps = one.metrics["train_images"] // 64
-    assert [s[0] for s in cb.steps] == list(range(1, 5 * steps + 1))
-    assert cb.checkpoints_saved == 5  # one a epoch (checkpoint_every 0)
+    assert [h["epoch"] for h in two.history] == list(range(1, 13))
+    steps = one.metrics["train_images"] // 128
+    assert [s[0] for s in cb.steps] == list(range(1, 12 * steps + 1))
+    assert cb.checkpoints_saved == 12  # one an epoch (checkpoint_every 0)
     assert any("(2 ranks)" in m for m in cb.messages)
     # The saved model is one rank's format: full (d, C) W, and load_trained takes it unchanged.
-    assert two.arcface_weight.shape == one.arcface_weight.shape == (32, 10)
+    assert two.arcface_weight.shape == one.arcface_weight.shape == (64, 10)
     save_trained(tmp_path / "two", two.backbone, two.arcface_weight, two.config, two.class_names)
     _, weight, config = load_trained(tmp_path / "two")
     assert torch.equal(weight, two.arcface_weight) and config["num_classes"] == 10
@@ -143,14 +148,18 @@ def test_a_killed_rank_fails_the_group_and_a_resume_ends_as_the_uninterrupted_ru
     cb = LocalCallbacks(tmp_path)
     with pytest.raises(RankFailed, match=r"rank 1 exited with code -9"):
         train_embedding_ddp(small_data, SMALL, cb, options(2, die_at=(1, 17)))
+    n = small_run.metrics["train_images"]
+    per_epoch = n // 64
     state = cb.load_checkpoint()
     assert state is not None and state["kind"] == CHECKPOINT_KIND and state["step"] == 15
-    assert state["sampler"] == {"epoch": 1, "position": 1, "n": 900, "batch": 64}  # mid-epoch 2
+    # The sampler's position: after step 15's batch (index 14), mid-epoch.
+    assert state["sampler"] == {"epoch": 14 // per_epoch, "position": 14 % per_epoch + 1, "n": n, "batch": 64}
+    assert 15 % per_epoch > 0  # the checkpoint fell mid-epoch
     assert len(state["head"]["weight"]) == 2 and state["world_size"] == 2
     again = cb.resume()
     resumed = train_embedding_ddp(small_data, SMALL, again, options(2))
     assert "resumed from the checkpoint of step 15" in again.messages
-    assert [s[0] for s in again.steps] == list(range(16, 29))
+    assert [s[0] for s in again.steps] == list(range(16, 2 * per_epoch + 1))
     assert resumed.history == small_run.history
     assert resumed.metrics == small_run.metrics
     assert torch.equal(resumed.arcface_weight, small_run.arcface_weight)
@@ -177,3 +186,20 @@ def test_a_checkpoint_resumes_on_another_world_size(
     assert abs(result.metrics["accuracy"] - small_run.metrics["accuracy"]) <= 0.1
     final = again.load_checkpoint()
     assert final is not None and len(final["head"]["weight"]) == then and final["world_size"] == then
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_nccl_ranks_train_in_mixed_precision_on_cuda(small_data: ImageDataset) -> None:
+    """NCCL, bf16 (or fp16 with a scaler) autocast, channels_last: one rank a GPU, up to 2."""
+    ranks = min(2, torch.cuda.device_count())
+    config = dataclasses.replace(SMALL, batch_size=64, clip_grad_norm=5.0, warmup_epochs=1)
+    cb = LocalCallbacks()
+    result = train_embedding_ddp(small_data, config, cb, DistributedOptions(world_size=ranks, device_type="cuda"))
+    assert len(result.history) == 2 and result.history[-1]["loss"] < result.history[0]["loss"]
+    assert result.metrics["accuracy"] > 0.7, result.metrics
+    assert result.arcface_weight.shape == (32, 10) and result.arcface_weight.device.type == "cpu"
+    state = cb.load_checkpoint()
+    assert state is not None and len(state["head"]["weight"]) == ranks
+    assert ("scaler" in state) == (not torch.cuda.is_bf16_supported())
