@@ -60,7 +60,7 @@ def synthetic(classes: int, per_class: int, size: int, channels: int) -> ImageDa
 
 def measure(args: argparse.Namespace, ranks: int) -> dict[str, Any]:
     steps = args.warmup + args.steps
-    per_class = max(2, -(-steps * args.batch * ranks // args.classes) * 2)  # 2x: half is held out
+    per_class = max(4, -(-steps * args.batch * ranks // args.classes) * 2)  # 2x: half is held out
     data = synthetic(args.classes, per_class, args.image_size, 3 if args.device == "cuda" else 1)
     config = TrainConfig(
         backbone=args.backbone, backbone_kwargs={"base_width": args.width}, embedding_size=64 if args.quick else 512,
