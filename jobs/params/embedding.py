@@ -162,7 +162,8 @@ KINDS = [
         params=TrainEmbeddingParams,
         queue="gpu",
         runner="workers.runners.embedding:run_train_embedding",
-        description="ArcFace (pytorch-metric-learning) training of se_resnet18/iresnet18/iresnet50, "
+        description="ArcFace (pytorch-metric-learning) training of se_resnet18/iresnet18/iresnet50/rtnet50 on 1-8 "
+        "GPUs, "
         "evaluated on a held-out split: backbone.pt, arcface.pt, config.json, metrics, plots.",
         oom_hints=("batch_size", "image_size", "base_width"),
         ml_configs={"ml.arcface.config:TrainConfig": {}},
