@@ -52,11 +52,13 @@ def test_rtnet50_needs_the_polar_warp_and_trains_forward_and_backward() -> None:
 @pytest.mark.timeout(1800)
 def test_rtnet50_learns_orl_faces_in_polar_space(orl_dir: Path, one_thread: None) -> None:
     orl = load_image_folder(orl_dir, image_size=(32, 32))
+    # 300 faces of 30 people at 32x32, 75% of each person's images trained on: measured (1 thread)
+    # AUC 0.948, accuracy 0.833, identification 0.567 on the held-out quarter, in about a minute.
     config = TrainConfig(
-        backbone="rtnet50", backbone_kwargs={"base_width": 4}, embedding_size=32, warp="roi_tanh_polar",
-        image_size=32, epochs=6, batch_size=32, lr=0.05, scale=16.0, split_by="sample", seed=0, max_pairs=500,
+        backbone="rtnet50", backbone_kwargs={"base_width": 8}, embedding_size=32, warp="roi_tanh_polar",
+        image_size=32, epochs=15, batch_size=32, lr=0.1, scale=32.0, split_by="sample", seed=0, max_pairs=500,
     )  # fmt: skip
     result = train_embedding(orl, config)
     losses = [h["loss"] for h in result.history]
     assert losses[-1] < losses[0]
-    assert result.metrics["auc"] > 0.6, result.metrics
+    assert result.metrics["auc"] >= 0.9 and result.metrics["accuracy"] >= 0.75, result.metrics
