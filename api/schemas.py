@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field
 
+from jobs.kindspec import Queue
 from jobs.states import JobStatus
 
-Queue = Literal["gpu", "cpu"]
 ModelKind = Literal["generator", "facenet", "backbone", "onnx"]
 
 

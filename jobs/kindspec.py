@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-Queue = Literal["gpu", "cpu"]
+# gpu-N: jobs that hold N GPUs of one host (train_embedding with gpus: N); see README, GPU workers.
+Queue = Literal["gpu", "gpu-2", "gpu-4", "gpu-8", "cpu"]
 
 
 @cache
@@ -67,6 +68,8 @@ class KindSpec:
             params fields it names otherwise (params field -> config field, or None where the
             runner computes that config field itself). Every setting they share takes its default
             from `ml/<package>/defaults.json`; tests/platform/test_kind_declarations.py checks it.
+        gpus_param: the params field that says how many GPUs of one host a job holds (None: one);
+            `queue_for` sends a job asking for N > 1 to queue `gpu-N`.
     """
 
     name: str
@@ -76,6 +79,12 @@ class KindSpec:
     description: str
     oom_hints: tuple[str, ...] = ()
     ml_configs: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
+    gpus_param: str | None = None
+
+    def queue_for(self, params: Mapping[str, Any]) -> str:
+        """The queue of a job with these (validated) params: `gpu-N` when its `gpus_param` asks for N > 1 GPUs."""
+        gpus = int(params.get(self.gpus_param, 1) or 1) if self.gpus_param else 1
+        return self.queue if gpus <= 1 or self.queue != "gpu" else f"gpu-{gpus}"
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.oom_hints if name not in self.params.model_fields]

@@ -111,9 +111,11 @@ def plan_children(spec: SweepCreate) -> list[tuple[dict[str, Any], dict[str, Any
 
 def create_sweep(
     session: Session, spec: SweepCreate, owner_id: str, children: list[tuple[dict[str, Any], dict[str, Any]]],
-    queue: str, max_attempts: int, upstreams: Sequence[dict[str, JobStatus]] = (),
+    queue: str | None, max_attempts: int, upstreams: Sequence[dict[str, JobStatus]] = (),
 ) -> tuple[Job, list[Job]]:  # fmt: skip
     """Store the parent (running, no lease) and its children in one commit; (parent, children queued to send).
+
+    `queue` None: each child goes to its kind's queue for its params (`KindSpec.queue_for`: `gpu-N` for N GPUs).
 
     `upstreams[i]`: the jobs child i's params name (it waits for them, `jobs.pipelines.add_dependent`).
     """
@@ -121,7 +123,8 @@ def create_sweep(
 
     now = utcnow()
     parent = Job(
-        id=new_id(), kind="sweep", params=spec.model_dump(mode="json"), status=JobStatus.RUNNING, queue=queue,
+        id=new_id(), kind="sweep", params=spec.model_dump(mode="json"), status=JobStatus.RUNNING,
+        queue=queue or get_kind(spec.kind).queue,
         owner_id=owner_id, max_attempts=1, progress_total=len(children), created_at=now, updated_at=now,
         started_at=now, enqueued_at=None,
     )  # fmt: skip
@@ -132,7 +135,12 @@ def create_sweep(
     to_send = []
     for index, (_values, params) in enumerate(children):
         job = new_job(
-            spec.kind, params, queue=queue, owner_id=owner_id, max_attempts=max_attempts, priority=spec.priority
+            spec.kind,
+            params,
+            queue=queue or get_kind(spec.kind).queue_for(params),
+            owner_id=owner_id,
+            max_attempts=max_attempts,
+            priority=spec.priority,
         )
         job.parent_id = parent.id
         if cap is not None and index >= cap:

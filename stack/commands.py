@@ -62,20 +62,37 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def gpu_groups(gpus: str, per_job: int, queues: str) -> list[tuple[list[str], str]]:
+    """The worker processes a host's GPUs make: (CUDA_VISIBLE_DEVICES, queues) each.
+
+    `per_job` 1: one process per GPU on `queues`. `per_job` N > 1: one process per group of N GPUs
+    on queue `gpu-N` (its jobs spawn N ranks, one a GPU); GPUs left over serve `queues` one each.
+    """
+    ids = [g.strip() for g in gpus.split(",") if g.strip()]
+    if per_job < 1:
+        raise SystemExit(f"--gpus-per-job must be >= 1, got {per_job}")
+    if per_job == 1:
+        return [([g], queues) for g in ids]
+    whole = len(ids) - len(ids) % per_job
+    groups = [(ids[i : i + per_job], f"gpu-{per_job}") for i in range(0, whole, per_job)]
+    return groups + [([g], queues) for g in ids[whole:]]
+
+
 def _launch_gpu_workers(args: argparse.Namespace) -> int:
     """One pinned worker process per GPU (CUDA_VISIBLE_DEVICES), one reaper among them."""
     host = socket.gethostname()
     procs: list[subprocess.Popen[bytes]] = []
-    for i, gpu in enumerate(g.strip() for g in args.gpus.split(",") if g.strip()):
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+    for i, (gpus, queues) in enumerate(gpu_groups(args.gpus, args.gpus_per_job, args.queues)):
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(gpus)}
         if i > 0:
             env["FACEJOBS_RUN_REAPER"] = "false"
+        name = f"gpu{'-'.join(gpus)}@{host}"
         cmd = [
-            sys.executable, "-m", "stack.cli", "worker", "--queues", args.queues, "--concurrency", "1",
-            "--name", f"gpu{gpu}@{host}", "--pool", args.pool, "--loglevel", args.loglevel,
+            sys.executable, "-m", "stack.cli", "worker", "--queues", queues, "--concurrency", "1",
+            "--name", name, "--pool", args.pool, "--loglevel", args.loglevel,
         ]  # fmt: skip
         procs.append(subprocess.Popen(cmd, env=env))
-        print(f"started worker gpu{gpu}@{host} (pid {procs[-1].pid}, CUDA_VISIBLE_DEVICES={gpu})")
+        print(f"started worker {name} on {queues} (pid {procs[-1].pid}, CUDA_VISIBLE_DEVICES={','.join(gpus)})")
 
     def forward(signum: int, _frame: Any) -> None:
         # A Celery worker restarts on SIGHUP: a hang-up of the launcher is passed on as SIGTERM.
@@ -145,7 +162,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     sp.set_defaults(func=cmd_api)
     sp = sub.add_parser("worker", help="run workers: --gpus 0,1 starts one pinned process per GPU")
     sp.add_argument("--queues", default="gpu", help="comma-separated queues (gpu, cpu)")
-    sp.add_argument("--gpus", help="comma-separated GPU indices, one worker process each")
+    sp.add_argument("--gpus", help="comma-separated GPU indices, one worker process each (see --gpus-per-job)")
+    sp.add_argument(
+        "--gpus-per-job", type=int, default=1,
+        help="N > 1: group --gpus by N, one worker per group on queue gpu-N (multi-GPU train_embedding); "
+        "GPUs left over serve --queues one each",
+    )  # fmt: skip
     sp.add_argument("--name", help="Celery node name (unique per worker)")
     sp.add_argument("--concurrency", type=int, default=1)
     sp.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])

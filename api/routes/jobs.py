@@ -76,7 +76,7 @@ def create_job(
     job = new_job(
         spec.name,
         params,
-        queue=body.queue or spec.queue,
+        queue=body.queue or spec.queue_for(params),  # gpu-N for a job that asks for N GPUs
         owner_id=key.id,
         max_attempts=body.max_attempts or settings.default_max_attempts,
         priority=body.priority,

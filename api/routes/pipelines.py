@@ -164,7 +164,7 @@ def create_pipeline(
     to_send: list[Job] = []
     for (step, params, used), outside in zip(planned, external, strict=True):
         spec = get_kind(step.kind)
-        job = new_job(spec.name, params, queue=spec.queue, owner_id=key.id, max_attempts=max_attempts,
+        job = new_job(spec.name, params, queue=spec.queue_for(params), owner_id=key.id, max_attempts=max_attempts,
                       job_id=ids[step.name])  # fmt: skip
         job.parent_id = parent.id
         upstream = {ids[u]: JobStatus.WAITING for u in used} | outside

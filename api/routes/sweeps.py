@@ -78,7 +78,7 @@ def create(
     body: SweepCreate, key: CurrentKey, session: SessionDep, settings: SettingsDep, celery: CeleryDep
 ) -> SweepPublic:
     """Generate every child, validate each against the kind's schema (422 lists the bad ones), then store and send."""
-    spec = get_kind(body.kind)
+    get_kind(body.kind)  # an unknown kind is refused before anything is planned
     try:
         children = plan_children(body)
     except SweepInvalid as exc:
@@ -86,7 +86,7 @@ def create(
     # A child whose params name a job (`job:<id>`) waits for it, as a job submitted alone would.
     upstreams = [upstreams_for(session, key.id, check_params_refs(session, key.id, p), None) for _v, p in children]
     parent, to_send = create_sweep(
-        session, body, key.id, children, queue=body.queue or spec.queue,
+        session, body, key.id, children, queue=body.queue,
         max_attempts=body.max_attempts or settings.default_max_attempts, upstreams=upstreams,
     )  # fmt: skip
     for job in to_send:

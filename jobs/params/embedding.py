@@ -17,7 +17,7 @@ TRAIN = ml_defaults("arcface", "TrainConfig")
 PROTOCOL = re.compile(r"(random|(pairs|bin):[A-Za-z0-9_][A-Za-z0-9_./-]{0,255})")
 
 # Mirrors ml.backbones.list_backbones(); a test keeps the two in step.
-BACKBONES = ("se_resnet18", "iresnet18", "iresnet50")
+BACKBONES = ("se_resnet18", "iresnet18", "iresnet50", "rtnet50")
 WARPS = ("none", "roi_tanh", "roi_tanh_polar", "roi_tanh_circular")
 
 
@@ -31,8 +31,10 @@ class TrainEmbeddingParams(BaseModel):
         pattern=DATASET_REF_PATTERN,
         description='Training data: "builtin:mnist", "builtin:digits" or "dataset:<id>" (one folder per identity).',
     )
-    backbone: Literal["se_resnet18", "iresnet18", "iresnet50"] = Field(
-        TRAIN["backbone"], description="Registered backbone: se_resnet18 (resnet_face18), iresnet18, iresnet50."
+    backbone: Literal["se_resnet18", "iresnet18", "iresnet50", "rtnet50"] = Field(
+        TRAIN["backbone"],
+        description="Registered backbone: se_resnet18 (resnet_face18), iresnet18, iresnet50, rtnet50 (RTNet's "
+        "hybrid bottlenecks; needs warp roi_tanh_polar).",
     )
     use_se: bool = Field(True, description="se_resnet18 only: squeeze-and-excitation in every block.")
     base_width: int = Field(
@@ -99,6 +101,31 @@ class TrainEmbeddingParams(BaseModel):
     seed: int = Field(
         TRAIN["seed"], ge=0, le=2**31 - 1, description="Seeds split, init, data order, augmentation, dropout."
     )
+    gpus: Literal[1, 2, 4, 8] = Field(
+        1,
+        description="Ranks training together (GPUs of one host; gloo processes on a CPU worker): the backbone in "
+        "DDP, the ArcFace weights sharded; batch_size is the global batch (a multiple of gpus). Goes to queue "
+        "gpu-N for N > 1 (see README, GPU workers).",
+    )
+    mixed_precision: bool = Field(
+        TRAIN["mixed_precision"],
+        description="gpus > 1 on CUDA: bf16 autocast where supported, else fp16 with a grad scaler (CPU: fp32).",
+    )
+    clip_grad_norm: float | None = Field(
+        TRAIN["clip_grad_norm"], gt=0, le=1e6, description="gpus > 1: clip the gradients' global norm (None: off)."
+    )
+    warmup_epochs: int = Field(
+        TRAIN["warmup_epochs"], ge=0, le=1000, description="gpus > 1: linear lr warmup over this many epochs."
+    )
+    lr_reference_batch: int | None = Field(
+        TRAIN["lr_reference_batch"],
+        ge=1,
+        le=1_000_000,
+        description="gpus > 1: lr is for this global batch and scales linearly with the actual one (None: as given).",
+    )
+    accumulate: int = Field(
+        TRAIN["accumulate"], ge=1, le=1024, description="gpus > 1: micro-batches per optimiser step."
+    )
 
 
 class EvaluateParams(BaseModel):
@@ -158,10 +185,12 @@ KINDS = [
         params=TrainEmbeddingParams,
         queue="gpu",
         runner="workers.runners.embedding:run_train_embedding",
-        description="ArcFace (pytorch-metric-learning) training of se_resnet18/iresnet18/iresnet50, "
+        description="ArcFace (pytorch-metric-learning) training of se_resnet18/iresnet18/iresnet50/rtnet50 on 1-8 "
+        "GPUs, "
         "evaluated on a held-out split: backbone.pt, arcface.pt, config.json, metrics, plots.",
         oom_hints=("batch_size", "image_size", "base_width"),
         ml_configs={"ml.arcface.config:TrainConfig": {}},
+        gpus_param="gpus",
     ),
     KindSpec(
         name="evaluate",

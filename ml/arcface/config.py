@@ -53,6 +53,14 @@ class TrainConfig:
         flip_tta: evaluation sums each embedding with that of the mirrored image.
         folds, max_pairs, gallery_fraction: evaluation settings (see `ml.metrics.verification`).
         normalize_mean, normalize_std: input normalisation of [0, 1] images, every channel.
+        mixed_precision: on CUDA, bf16 autocast where supported, else fp16 with a grad scaler
+            (`LoopPolicy.for_device`); the CPU always trains in fp32. Multi-rank runs only.
+        clip_grad_norm: clip the gradients' global norm to this (None: no clipping). Multi-rank runs only.
+        warmup_epochs: linear lr warmup over this many epochs' optimiser steps. Multi-rank runs only.
+        lr_reference_batch: `lr` is for this global batch and scales linearly with the actual one
+            (None: `lr` as given). Multi-rank runs only.
+        accumulate: micro-batches of `batch_size` per optimiser step (global batch x accumulate
+            samples per step). Multi-rank runs only.
     """
 
     backbone: str = _SHARED["backbone"]
@@ -86,6 +94,11 @@ class TrainConfig:
     gallery_fraction: float = _SHARED["gallery_fraction"]
     normalize_mean: float = 0.5
     normalize_std: float = 0.5
+    mixed_precision: bool = _SHARED["mixed_precision"]
+    clip_grad_norm: float | None = _SHARED["clip_grad_norm"]
+    warmup_epochs: int = _SHARED["warmup_epochs"]
+    lr_reference_batch: int | None = _SHARED["lr_reference_batch"]
+    accumulate: int = _SHARED["accumulate"]
 
     @property
     def image_hw(self) -> tuple[int, int] | None:
@@ -159,6 +172,8 @@ def validate_config(config: TrainConfig) -> None:
     hw = c.image_hw
     if hw is not None and min(hw) < 1:
         problems.append(f"image_size must be positive, got {c.image_size}")
+    if c.backbone == "rtnet50" and c.warp != "roi_tanh_polar":
+        problems.append(f"rtnet50 takes roi_tanh_polar inputs: set warp='roi_tanh_polar', got {c.warp!r}")
     if c.warp not in WARPS:
         problems.append(f"warp must be one of {', '.join(WARPS)}, got {c.warp!r}")
     if not 0 < c.margin < 90:
@@ -189,6 +204,10 @@ def validate_config(config: TrainConfig) -> None:
         problems.append(f"augment_shift must be >= 0, got {c.augment_shift}")
     if c.folds < 2 or c.max_pairs < 1 or not 0 < c.gallery_fraction < 1:
         problems.append("folds must be >= 2, max_pairs >= 1 and gallery_fraction in (0, 1)")
+    if c.clip_grad_norm is not None and c.clip_grad_norm <= 0:
+        problems.append(f"clip_grad_norm must be > 0, got {c.clip_grad_norm}")
+    if c.warmup_epochs < 0 or c.accumulate < 1 or (c.lr_reference_batch is not None and c.lr_reference_batch < 1):
+        problems.append("warmup_epochs must be >= 0, accumulate >= 1 and lr_reference_batch >= 1")
     if c.normalize_std <= 0:
         problems.append(f"normalize_std must be > 0, got {c.normalize_std}")
     reserved = {"embedding_size", "in_channels", "input_size"} & set(c.backbone_kwargs)

@@ -9,6 +9,8 @@ checkpoint's shards of W and of its optimiser state re-shard alike.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
@@ -120,3 +122,69 @@ def sgd_step_columns_(
     buf = momentum_buffer[:, index].mul_(momentum).add_(g)
     momentum_buffer[:, index] = buf
     weight[:, index] = weight[:, index] - lr * buf
+
+
+def reshard_head_state(state: dict[str, Any], world_size: int) -> dict[str, Any]:
+    """A sharded head's checkpoint (`ShardedHead.state_dict`) regrouped for `world_size` ranks.
+
+    The W shards and every optimiser tensor laid out like them (momentum, Adam's moments) are
+    joined in old rank order and split anew; scalars (Adam's step) and the param groups are kept.
+
+    Raises:
+        ShardError: the shards do not join (missing, out of order, another run's).
+    """
+    weight = state["weight"]
+    if len(weight) == world_size:
+        return state
+    moved: dict[str, Any] = {}
+    for key, value in state["optimizer_state"].items():
+        moved[key] = reshard(list(value), world_size) if isinstance(value, list) else value
+    return {**state, "weight": reshard(list(weight), world_size), "optimizer_state": moved}
+
+
+class ShardedHead:
+    """The stateful of a rank's W shard and its optimiser: saves every rank's shard, loads its own.
+
+    `state_dict()` is a collective (all ranks call it together, as `ResumableLoop.save` does):
+    it gathers the shards of W and of each optimiser tensor shaped like W, so rank 0 writes all of
+    them, one per rank. `load_state_dict` re-shards a checkpoint of another world size first.
+    """
+
+    def __init__(self, weight: torch.nn.Parameter, optimizer: torch.optim.Optimizer, num_classes: int) -> None:
+        self.weight, self.optimizer, self.num_classes = weight, optimizer, num_classes
+
+    def _world(self) -> tuple[int, int]:
+        if not dist.is_initialized():
+            return 1, 0
+        return dist.get_world_size(), dist.get_rank()
+
+    def state_dict(self) -> dict[str, Any]:
+        world_size, _ = self._world()
+        opt = self.optimizer.state_dict()
+        per_param = opt["state"].get(0, {})
+        moved: dict[str, Any] = {}
+        for key, value in sorted(per_param.items()):
+            if isinstance(value, torch.Tensor) and value.shape == self.weight.shape:
+                moved[key] = split_columns(gather_columns(value, self.num_classes), world_size)
+            else:
+                moved[key] = value
+        return {
+            "num_classes": self.num_classes,
+            "weight": split_columns(gather_columns(self.weight.detach(), self.num_classes), world_size),
+            "optimizer_state": moved,
+            "param_groups": opt["param_groups"],
+        }
+
+    def load_state_dict(self, state: dict[str, Any], /) -> None:
+        world_size, rank = self._world()
+        if int(state["num_classes"]) != self.num_classes:
+            raise ShardError(f"the checkpoint's head has {state['num_classes']} classes, this run {self.num_classes}")
+        state = reshard_head_state(state, world_size)
+        with torch.no_grad():
+            self.weight.copy_(state["weight"][rank].to(self.weight.device))
+        per_param = {
+            key: (value[rank] if isinstance(value, list) else value) for key, value in state["optimizer_state"].items()
+        }
+        self.optimizer.load_state_dict(
+            {"state": {0: per_param} if per_param else {}, "param_groups": state["param_groups"]}
+        )

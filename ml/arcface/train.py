@@ -25,13 +25,13 @@ import math
 import time
 from typing import Any
 
-import numpy as np
 import torch
 from pytorch_metric_learning.losses import ArcFaceLoss
 from torch import nn
 
 from ml.arcface.config import TrainConfig, TrainConfigError, TrainedEmbedding, validate_config
-from ml.arcface.model import Normalization, load_trained, preprocess, save_trained
+from ml.arcface.model import Normalization, load_trained, save_trained
+from ml.arcface.prepare import finish, prepare, train_tensors
 from ml.backbones import BackboneError, create_backbone
 from ml.core.callbacks import Callbacks, LocalCallbacks
 from ml.core.device_state import to_device
@@ -39,8 +39,7 @@ from ml.core.fingerprint import fingerprint
 from ml.core.loop import LoopPolicy, ResumableLoop
 from ml.core.seeding import epoch_seed, seed_everything
 from ml.core.state import GlobalRNG, Stateful
-from ml.data import ImageDataset, check_trainable, make_split
-from ml.metrics.verification import embed_images, evaluate_embeddings
+from ml.data import ImageDataset
 
 __all__ = [
     "TrainConfig",
@@ -251,27 +250,12 @@ def train_embedding(
     validate_config(config)
     if progress_every < 1:
         raise TrainConfigError(f"progress_every must be >= 1, got {progress_every}")
-    check_trainable(dataset)
-    split = make_split(dataset.labels, config.split_by, config.test_fraction, config.seed)
-    train_idx = split.train
-    if config.max_train_samples is not None and train_idx.numel() > config.max_train_samples:
-        pick = np.random.default_rng(config.seed).choice(train_idx.numel(), config.max_train_samples, replace=False)
-        train_idx = train_idx[torch.from_numpy(np.sort(pick))]
-    train_ds = dataset.subset(train_idx, relabel=True)
-    test_ds = dataset.subset(split.test)
-    check_trainable(train_ds, "training split")
-    check_trainable(test_ds, "held-out split")
-    if train_ds.images.shape[0] < 2:
-        raise TrainConfigError("the training split needs at least 2 images (batch norm needs 2 per batch)")
-
-    in_channels = config.in_channels or dataset.in_channels
-    image_size = config.image_hw or dataset.image_size
-    norm = Normalization.uniform(in_channels, config.normalize_mean, config.normalize_std)
-    resolved = config.resolved(in_channels, image_size, norm, dataset, split, train_ds)
+    prep = prepare(dataset, config)
+    train_ds = prep.train_ds
 
     seed_everything(config.seed)
     try:
-        backbone = create_backbone(config.backbone, **resolved["backbone_kwargs"]).to(device)
+        backbone = create_backbone(config.backbone, **prep.resolved["backbone_kwargs"]).to(device)
     except BackboneError as exc:
         raise TrainConfigError(f"invalid training config: {exc}") from exc
     loss_fn = ArcFaceLoss(train_ds.num_classes, config.embedding_size, margin=config.margin, scale=config.scale)
@@ -279,57 +263,15 @@ def train_embedding(
     opt = _make_optimizer(config, backbone, loss_fn)
     sched = _make_scheduler(config, opt)
 
-    # Shift augmentation works on [0, 1] images (edge padding), so normalise per batch afterwards.
-    x01 = preprocess(
-        train_ds.images, image_size, in_channels, Normalization.uniform(in_channels, 0.0, 1.0), config.warp
-    ).to(device)
-    y = train_ds.labels.to(device)
+    x01, y = train_tensors(prep, config, device)
     n = x01.shape[0]
     batch = min(config.batch_size, n)
 
     key = fingerprint(config.to_json(), dataset.source, len(dataset), n)
     parts = (backbone, loss_fn, opt, sched)
-    loop = _ArcFaceLoop(cb, config, parts, (x01, y, norm), batch, progress_every, device, key)
+    loop = _ArcFaceLoop(cb, config, parts, (x01, y, prep.norm), batch, progress_every, device, key)
     started = time.monotonic()
     loop.run()  # raises Stopped when asked to stop after an epoch's checkpoint
     history = loop.history
 
-    backbone.eval()
-    test_x = preprocess(test_ds.images, image_size, in_channels, norm, config.warp)
-    emb = embed_images(backbone, test_x, flip_tta=config.flip_tta, device=device)
-    report = evaluate_embeddings(
-        emb,
-        test_ds.labels,
-        folds=config.folds,
-        max_pairs=config.max_pairs,
-        seed=config.seed,
-        gallery_fraction=config.gallery_fraction,
-    )
-    metrics: dict[str, Any] = dict(report.metrics)
-    metrics.update(
-        final_train_loss=history[-1]["loss"],
-        final_train_acc=history[-1]["acc"],
-        train_images=n,
-        train_identities=train_ds.num_classes,
-        split_by=split.by,
-    )
-    resolved["metrics"] = metrics
-    return TrainedEmbedding(
-        backbone=backbone.cpu().eval(),
-        arcface_weight=loss_fn.W.detach().cpu().clone(),
-        num_classes=train_ds.num_classes,
-        class_names=train_ds.class_names,
-        image_size=image_size,
-        in_channels=in_channels,
-        normalize=norm,
-        split=split,
-        train_indices=train_idx,
-        test_indices=split.test,
-        history=history,
-        metrics=metrics,
-        report=report,
-        test_embeddings=emb,
-        test_labels=test_ds.labels,
-        config=resolved,
-        seconds=time.monotonic() - started,
-    )
+    return finish(prep, config, backbone, loss_fn.W, history, device, time.monotonic() - started)

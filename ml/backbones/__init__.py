@@ -101,7 +101,7 @@ def create_backbone(name: str, **kw: Any) -> nn.Module:
 
 
 # Importing the families registers them.
-from ml.backbones import iresnet, se_resnet  # noqa: E402
+from ml.backbones import iresnet, rtnet, se_resnet  # noqa: E402
 
 __all__ = [
     "BackboneError",
@@ -112,5 +112,6 @@ __all__ = [
     "iresnet",
     "list_backbones",
     "register_backbone",
+    "rtnet",
     "se_resnet",
 ]

@@ -17,8 +17,11 @@ objects it is made of; the loop owns the rest, once for every trainer:
 Room for what comes next, in `LoopPolicy` (recorded, documented, used where shown):
 - device and precision: `autocast()` enters `torch.autocast` when `autocast_dtype` is set, and a
   `scaler` (`torch.amp.GradScaler`) is saved and restored with the other state;
-- distribution: `rank` and `world_size`; only rank 0 writes checkpoints (`is_main`);
-- gradient accumulation: `accumulate` micro-batches per optimiser step, for a step to honour;
+- distribution: `rank` and `world_size`; every rank builds the checkpoint's state (sharded objects
+  gather there), only rank 0 writes it (`is_main`);
+- precision per device (`for_device`: bf16 autocast on CUDA where supported, else fp16 with a
+  scaler; fp32 on the CPU), channels_last on CUDA (`layout`), gradient accumulation, clipping and
+  the scaler's unscale/step/update (`backward`, `step`), for a trainer's step to call;
 - a sampler that resumes mid-epoch: make the unit a step and put the sampler (anything with
   `state_dict` / `load_state_dict`) in `stateful()`.
 """
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -39,7 +42,7 @@ from ml.core.errors import InputError, Stopped, stop_message
 from ml.core.fingerprint import resumable
 from ml.core.state import Stateful
 
-__all__ = ["LoopPolicy", "ResumableLoop"]
+__all__ = ["LoopPolicy", "ResumableLoop", "scaled_lr", "warmup_factor"]
 
 
 @dataclass
@@ -61,17 +64,79 @@ class LoopPolicy:
     rank: int = 0
     world_size: int = 1
     accumulate: int = 1
+    clip_grad_norm: float | None = None
+    channels_last: bool = False
+
+    @classmethod
+    def for_device(cls, device: torch.device | str, mixed_precision: bool = True, **kw: Any) -> LoopPolicy:
+        """The precision a device trains in: on CUDA bf16 autocast where supported, else fp16 with a
+        grad scaler, and channels_last; fp32 on the CPU (and anywhere with `mixed_precision` False)."""
+        device = torch.device(device)
+        if device.type != "cuda" or not mixed_precision:
+            return cls(device=device, **kw)
+        if torch.cuda.is_bf16_supported():
+            return cls(device=device, autocast_dtype=torch.bfloat16, channels_last=True, **kw)
+        scaler = torch.amp.GradScaler("cuda")
+        return cls(device=device, autocast_dtype=torch.float16, scaler=scaler, channels_last=True, **kw)
 
     @property
     def is_main(self) -> bool:
         """True on the process that writes checkpoints and reports."""
         return self.rank == 0
 
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """A 4-d batch in the memory format the step computes in (channels_last on CUDA)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward of one micro-batch: the loss divided by `accumulate`, scaled when a scaler is set."""
+        loss = loss / self.accumulate
+        if self.scaler is not None:
+            loss = self.scaler.scale(loss)  # type: ignore[attr-defined]
+        loss.backward()
+
+    def step(self, optimizers: Sequence[torch.optim.Optimizer], micro: int) -> bool:
+        """After micro-batch `micro` (0-based, counted over the run): at the end of each group of
+        `accumulate`, unscale, clip every optimiser's gradients to `clip_grad_norm` (one norm over
+        all of them), step and zero them. Returns whether it stepped.
+
+        A scaler skips the step of a batch whose gradients overflowed (`GradScaler.step`).
+        """
+        if (micro + 1) % self.accumulate:
+            return False
+        scaler = self.scaler
+        if self.clip_grad_norm is not None:
+            if scaler is not None:
+                for opt in optimizers:
+                    scaler.unscale_(opt)  # type: ignore[attr-defined]
+            params = [p for opt in optimizers for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+        for opt in optimizers:
+            if scaler is not None:
+                scaler.step(opt)  # type: ignore[attr-defined]
+            else:
+                opt.step()
+        if scaler is not None:
+            scaler.update()  # type: ignore[attr-defined]
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        return True
+
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """The precision context a step runs its forward pass in."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+
+def scaled_lr(base_lr: float, global_batch: int, reference_batch: int | None) -> float:
+    """Linear scaling (Goyal et al.): `base_lr` is for `reference_batch`; None keeps it as given."""
+    return base_lr if reference_batch is None else base_lr * global_batch / reference_batch
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """The lr factor of optimiser step `step` (0-based) under a linear warmup of `warmup_steps`: (step + 1) / warmup."""
+    return 1.0 if step >= warmup_steps else (step + 1) / warmup_steps
 
 
 class ResumableLoop:
@@ -175,8 +240,12 @@ class ResumableLoop:
         return self.done
 
     def save(self) -> None:
-        """Write this run's checkpoint (portable form) through the callbacks; only on rank 0."""
-        if self.callbacks is None or not self.policy.is_main:
+        """Write this run's checkpoint (portable form) through the callbacks; only rank 0 writes.
+
+        With several ranks every rank builds the state (an object's `state_dict` may be a
+        collective, as a sharded one gathering every rank's shard) and rank 0 writes it.
+        """
+        if self.callbacks is None or (not self.policy.is_main and self.policy.world_size == 1):
             return
         started = time.perf_counter()
         state: dict[str, Any] = {"kind": self.kind}
@@ -185,6 +254,8 @@ class ResumableLoop:
         state[self.unit] = self.done
         state.update({name: obj.state_dict() for name, obj in self.objects().items()})
         state.update(self.extra_state())
+        if not self.policy.is_main:
+            return
         self.callbacks.save_checkpoint(portable(state))
         self.checkpoints += 1
         self.checkpoint_seconds += time.perf_counter() - started

@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobs.errors import JobInputError
+from jobs.errors import JobInputError, TransientError
 from jobs.params.embedding import EvaluateParams, TrainEmbeddingParams
 from workers.runners import Preempted, ml_config, params_as
 
 if TYPE_CHECKING:
     from workers.context import JobContext
+
+RANK_TIMEOUT_S = 120.0  # a collective waiting longer than this on a dead rank fails
 
 # Result keys copied from metrics into the job row (the full set is in metrics.json).
 SUMMARY_KEYS = (
@@ -126,6 +128,29 @@ def _put_plots(ctx: JobContext, plots: dict[str, bytes]) -> None:
         ctx.put_artifact(name, png, "image/png")
 
 
+def _train_ranks(ctx: JobContext, dataset: Any, config: Any, gpus: int) -> Any:
+    """`gpus` ranks in this job (`ml.arcface.ddp`): this process hosts them and talks to the context.
+
+    A rank that dies fails this attempt as a `TransientError`: the job is requeued and its next
+    attempt restarts every rank from the last checkpoint.
+    """
+    import torch
+
+    from ml.arcface.ddp import DistributedOptions, RankFailed, train_embedding_ddp
+
+    device = torch.device(ctx.device)
+    if device.type == "cuda" and torch.cuda.device_count() < gpus:
+        raise JobInputError(
+            f"gpus={gpus} but this worker sees {torch.cuda.device_count()} GPUs: send it to queue gpu-{gpus}"
+        )
+    ctx.log(f"training on {gpus} ranks ({'NCCL, one GPU each' if device.type == 'cuda' else 'gloo on the CPU'})")
+    options = DistributedOptions(world_size=gpus, device_type=device.type, timeout_s=RANK_TIMEOUT_S)
+    try:
+        return train_embedding_ddp(dataset, config, callbacks=ctx, options=options)
+    except RankFailed as exc:
+        raise TransientError(f"a training rank failed: {exc}") from exc
+
+
 def run_train_embedding(ctx: JobContext) -> dict[str, Any]:
     """Train, evaluate on the held-out split, and store backbone.pt, arcface.pt, config.json,
     metrics.json, roc.png, distances.png, loss.png and pca.png."""
@@ -161,7 +186,10 @@ def run_train_embedding(ctx: JobContext) -> dict[str, Any]:
         raise JobInputError(f"dataset {p.dataset}: {exc}") from exc
     ctx.log(f"{p.dataset}: {len(dataset)} images of {dataset.num_classes} identities, {dataset.image_size}")
     try:
-        result = train_embedding(dataset, config, callbacks=ctx, device=ctx.device)
+        if p.gpus > 1:
+            result = _train_ranks(ctx, dataset, config, p.gpus)
+        else:
+            result = train_embedding(dataset, config, callbacks=ctx, device=ctx.device)
     except Stopped as exc:
         raise Preempted(str(exc)) from exc
     except (TrainConfigError, DatasetError) as exc:
@@ -184,6 +212,7 @@ def run_train_embedding(ctx: JobContext) -> dict[str, Any]:
         "final_train_loss": result.history[-1]["loss"],
         "train_seconds": round(result.seconds, 1),
         "split_by": result.split.by,
+        "gpus": p.gpus,
     }
 
 
