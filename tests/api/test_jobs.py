@@ -171,3 +171,17 @@ def test_cancel_retry_and_events(stack: Any) -> None:
     assert c.get("/jobs/" + "f" * 32).status_code == 404
     r = c.get("/jobs/bad%00id")
     assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
+
+
+def test_a_job_asking_for_n_gpus_goes_to_the_gpu_n_queue(stack: Any) -> None:
+    c = stack.client
+    queues = {}
+    for gpus in (1, 2, 4):
+        r = c.post("/jobs", json={"kind": "train_embedding", "params": {"dataset": "builtin:digits", "gpus": gpus}})
+        assert r.status_code == 201, r.text
+        queues[gpus] = r.json()["queue"]
+    assert queues == {1: "gpu", 2: "gpu-2", 4: "gpu-4"}
+    # An explicit queue still wins, and only the queues workers can serve are taken.
+    r = c.post("/jobs", json={"kind": "probe", "params": {}, "queue": "gpu-8"})
+    assert (r.status_code, r.json()["queue"]) == (201, "gpu-8")
+    assert c.post("/jobs", json={"kind": "probe", "params": {}, "queue": "gpu-3"}).status_code == 422
