@@ -19,6 +19,8 @@ The same run as `ml.arcface.train.train_embedding` with one rank, spread over N:
   supported, else fp16 with a grad scaler; fp32 on CPU; channels_last on CUDA), with
   `config.accumulate` micro-batches per optimiser step (DDP syncs on the last), gradient clipping,
   lr scaled linearly with the global batch (`lr_reference_batch`) and a linear warmup;
+- `config.sample_rate` < 1: partial FC's negative sampling, the head stepped by `ColumnSGD`
+  (only the sampled columns of W and of their momentum move);
 - one unit of the loop is one (micro-)step, so a checkpoint can fall mid-epoch: it holds the model and
   its optimiser (the same on every rank), every rank's W shard and optimiser shard
   (`ShardedHead`), the sampler's position and the epoch's running sums; it resumes on any world
@@ -50,7 +52,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ml.arcface.config import TrainConfig, TrainConfigError, TrainedEmbedding, validate_config
 from ml.arcface.partial_fc import PartialFCLoss
 from ml.arcface.prepare import Prepared, finish, prepare, train_tensors
-from ml.arcface.ranks import AveragedModel, RankCallbacks, make_optimizers
+from ml.arcface.ranks import AveragedModel, ColumnSGD, RankCallbacks, make_optimizers
 from ml.arcface.sampler import ShardSampler
 from ml.arcface.shards import ShardedHead, gather_columns, shard_columns
 from ml.arcface.train import _augment
@@ -157,7 +159,9 @@ class _DDPLoop(ResumableLoop):
         with sync:
             with policy.autocast():
                 emb = p["ddp"](policy.layout(p["norm"].apply(xb)))
-                loss = p["pfc"](emb, yb, step=index).loss
+                loss, columns = p["pfc"](emb, yb, step=index)
+            if isinstance(p["head_opt"], ColumnSGD):
+                p["head_opt"].take(columns)  # sample_rate < 1: only these columns step
             # DDP averages the backbone's gradients: x N makes that the sum of every rank's part (W's
             # own gradient is scaled back by the hook in `_train_rank`).
             policy.backward(loss * policy.world_size)
@@ -223,7 +227,8 @@ def _train_rank(rank: int, channel: RankChannel, dataset: Any, config: TrainConf
     full = torch.empty(config.embedding_size, num_classes)
     nn.init.normal_(full)  # pytorch-metric-learning's ArcFaceLoss init, drawn after the backbone's, as one rank
     pfc = PartialFCLoss(num_classes, config.embedding_size, margin=config.margin, scale=config.scale,
-                        seed=config.seed, weight=shard_columns(full, world, rank).to(device))  # fmt: skip
+                        seed=config.seed, sample_rate=config.sample_rate,
+                        weight=shard_columns(full, world, rank).to(device))  # fmt: skip
     del full
     x01, y = train_tensors(prep, config, device)
     n = int(x01.shape[0])

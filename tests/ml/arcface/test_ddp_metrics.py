@@ -1,4 +1,7 @@
-"""Per-rank job metrics of a 2-rank gloo run (`ml.core.distributed.rank_metrics`), in a few steps."""
+"""Per-rank job metrics of a 2-rank gloo run (`ml.core.distributed.rank_metrics`), in a few steps.
+
+The run also samples negatives (sample_rate 0.5: the head steps with `ColumnSGD` on both ranks).
+"""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ TINY = TrainConfig(
     split_by="sample",
     seed=3,
     max_pairs=200,
+    sample_rate=0.5,
 )
 
 
@@ -30,9 +34,10 @@ TINY = TrainConfig(
 def test_two_ranks_report_samples_per_second_each_and_no_gpu_memory_on_cpu(mnist_dir: Path) -> None:
     data = load_mnist(mnist_dir, 16, max_samples=160)
     cb = LocalCallbacks()
-    train_embedding_ddp(data, TINY, cb, DistributedOptions(world_size=2, threads=1, timeout_s=60.0))
+    result = train_embedding_ddp(data, TINY, cb, DistributedOptions(world_size=2, threads=1, timeout_s=60.0))
     assert [s[0] for s in cb.steps] == [1, 2, 3]
     for _, _, metrics in cb.steps:
         assert set(metrics) == {"loss", "acc", "rank0/samples_per_s", "rank1/samples_per_s"}
         assert metrics["rank0/samples_per_s"] > 0 and metrics["rank1/samples_per_s"] > 0
+    assert result.arcface_weight.shape == (16, 10) and bool(result.arcface_weight.isfinite().all())
     assert not any("gpu_mem_mb" in k for k in cb.steps[-1][2])  # CPU: no GPU memory to report
