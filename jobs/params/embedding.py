@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from jobs.kindspec import KindSpec, ml_defaults
 from jobs.refs import DATASET_REF_PATTERN, MODEL_REF_PATTERN
@@ -126,6 +126,21 @@ class TrainEmbeddingParams(BaseModel):
     accumulate: int = Field(
         TRAIN["accumulate"], ge=1, le=1024, description="gpus > 1: micro-batches per optimiser step."
     )
+    sample_rate: float = Field(
+        TRAIN["sample_rate"],
+        gt=0.0,
+        le=1.0,
+        description="gpus > 1, optimizer sgd: partial FC's share of each rank's ArcFace classes per step (every "
+        "class in the batch kept, random others); only those get gradient and momentum updates. 1.0: exact.",
+    )
+
+    @model_validator(mode="after")
+    def _sampling_needs_ranks(self) -> TrainEmbeddingParams:
+        if self.sample_rate < 1 and self.gpus == 1:
+            raise ValueError("sample_rate < 1 (partial FC) needs gpus > 1: one GPU trains the exact loss")
+        if self.sample_rate < 1 and self.optimizer != "sgd":
+            raise ValueError("sample_rate < 1 needs optimizer sgd")
+        return self
 
 
 class EvaluateParams(BaseModel):

@@ -61,6 +61,10 @@ class TrainConfig:
             (None: `lr` as given). Multi-rank runs only.
         accumulate: micro-batches of `batch_size` per optimiser step (global batch x accumulate
             samples per step). Multi-rank runs only.
+        sample_rate: partial FC's share of each rank's ArcFace columns used per step (every class
+            in the global batch kept, random negatives for the rest); only those columns get a
+            gradient, a momentum update and weight decay (`ml.arcface.ranks.ColumnSGD`; SGD only).
+            1.0 is the exact loss. Multi-rank runs only.
     """
 
     backbone: str = _SHARED["backbone"]
@@ -99,6 +103,7 @@ class TrainConfig:
     warmup_epochs: int = _SHARED["warmup_epochs"]
     lr_reference_batch: int | None = _SHARED["lr_reference_batch"]
     accumulate: int = _SHARED["accumulate"]
+    sample_rate: float = _SHARED["sample_rate"]
 
     @property
     def image_hw(self) -> tuple[int, int] | None:
@@ -208,6 +213,10 @@ def validate_config(config: TrainConfig) -> None:
         problems.append(f"clip_grad_norm must be > 0, got {c.clip_grad_norm}")
     if c.warmup_epochs < 0 or c.accumulate < 1 or (c.lr_reference_batch is not None and c.lr_reference_batch < 1):
         problems.append("warmup_epochs must be >= 0, accumulate >= 1 and lr_reference_batch >= 1")
+    if not 0 < c.sample_rate <= 1:
+        problems.append(f"sample_rate must be in (0, 1], got {c.sample_rate}")
+    elif c.sample_rate < 1 and c.optimizer != "sgd":
+        problems.append(f"sample_rate < 1 needs optimizer 'sgd' (its sampled-column step), got {c.optimizer!r}")
     if c.normalize_std <= 0:
         problems.append(f"normalize_std must be > 0, got {c.normalize_std}")
     reserved = {"embedding_size", "in_channels", "input_size"} & set(c.backbone_kwargs)

@@ -19,10 +19,15 @@ The same run as `ml.arcface.train.train_embedding` with one rank, spread over N:
   supported, else fp16 with a grad scaler; fp32 on CPU; channels_last on CUDA), with
   `config.accumulate` micro-batches per optimiser step (DDP syncs on the last), gradient clipping,
   lr scaled linearly with the global batch (`lr_reference_batch`) and a linear warmup;
+- `config.sample_rate` < 1: partial FC's negative sampling, the head stepped by `ColumnSGD`
+  (only the sampled columns of W and of their momentum move);
 - one unit of the loop is one (micro-)step, so a checkpoint can fall mid-epoch: it holds the model and
   its optimiser (the same on every rank), every rank's W shard and optimiser shard
   (`ShardedHead`), the sampler's position and the epoch's running sums; it resumes on any world
-  size (the head is re-sharded on load).
+  size (the head is re-sharded on load);
+- every step's progress carries each rank's samples/s (its rows over its time inside steps this
+  attempt, checkpoints excluded) and, on CUDA, its peak allocated memory: `rank{r}/samples_per_s`,
+  `rank{r}/gpu_mem_mb` (`ml.core.distributed.rank_metrics`, one small all_gather a step).
 The saved result is `TrainedEmbedding` with the full (d, C) W, as one rank's.
 """
 
@@ -47,12 +52,21 @@ from torch.nn.parallel import DistributedDataParallel
 from ml.arcface.config import TrainConfig, TrainConfigError, TrainedEmbedding, validate_config
 from ml.arcface.partial_fc import PartialFCLoss
 from ml.arcface.prepare import Prepared, finish, prepare, train_tensors
+from ml.arcface.ranks import AveragedModel, ColumnSGD, RankCallbacks, make_optimizers
 from ml.arcface.sampler import ShardSampler
 from ml.arcface.shards import ShardedHead, gather_columns, shard_columns
 from ml.arcface.train import _augment
 from ml.backbones import BackboneError, create_backbone
 from ml.core.callbacks import Callbacks, LocalCallbacks
-from ml.core.distributed import RankChannel, RankFailed, average_buffers, exit_with_parent, init_rank, run_ranks
+from ml.core.distributed import (
+    RankChannel,
+    RankFailed,
+    average_buffers,
+    exit_with_parent,
+    init_rank,
+    rank_metrics,
+    run_ranks,
+)  # fmt: skip
 from ml.core.errors import InputError, Stopped
 from ml.core.fingerprint import fingerprint
 from ml.core.loop import LoopPolicy, ResumableLoop, scaled_lr, warmup_factor
@@ -87,49 +101,6 @@ class DistributedOptions:
     die_at: tuple[int, int] | None = None
 
 
-class _RankCallbacks:
-    """A rank's callbacks: rank 0 forwards to the host; every rank agrees on stops."""
-
-    def __init__(self, channel: RankChannel, rank: int, checkpoint: dict[str, Any] | None) -> None:
-        self.channel, self.rank, self.checkpoint = channel, rank, checkpoint
-
-    def progress(self, step: int, total: int, **metrics: float) -> None:
-        if self.rank == 0:
-            self.channel.send("progress", step, total, metrics)
-
-    def log(self, message: str) -> None:
-        if self.rank == 0:
-            self.channel.send("log", message)
-
-    def should_stop(self) -> bool:
-        return self.channel.stop_requested()
-
-    def save_checkpoint(self, state: dict[str, Any]) -> None:
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        self.channel.send("checkpoint", buf.getvalue())
-
-    def load_checkpoint(self) -> dict[str, Any] | None:
-        return self.checkpoint
-
-    def preview(self, name: str, png: bytes) -> None:
-        """No previews from ranks."""
-
-
-class _AveragedModel:
-    """The backbone's stateful: its batch-norm statistics averaged over the ranks before saving (a collective)."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-
-    def state_dict(self) -> dict[str, Any]:
-        average_buffers(self.module)
-        return self.module.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any], /) -> None:
-        self.module.load_state_dict(state)
-
-
 class _DDPLoop(ResumableLoop):
     """One unit is one step of the global batch; see the module docstring."""
 
@@ -144,11 +115,12 @@ class _DDPLoop(ResumableLoop):
         super().__init__(cb, config.epochs * self.steps_per_epoch, key, policy, checkpoint_every=every)
         self.config, self.options, self.p = config, options, parts
         self.sums = [0.0, 0.0, 0.0]  # the epoch's loss x rows, hits, rows so far
+        self.busy = [0.0, 0.0]  # this attempt's seconds inside steps and this rank's rows in them
 
     def stateful(self) -> dict[str, Stateful]:
         p = self.p
         return {
-            "model": _AveragedModel(p["backbone"]),
+            "model": AveragedModel(p["backbone"]),
             "optimizer": p["opt"],
             "scheduler": p["sched"],
             "head": p["head"],
@@ -165,6 +137,7 @@ class _DDPLoop(ResumableLoop):
 
     def step(self, index: int) -> None:
         p, policy, config = self.p, self.policy, self.config
+        started = time.perf_counter()
         epoch, position = divmod(index, self.steps_per_epoch)
         if self.options.die_at == (policy.rank, index):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -186,7 +159,9 @@ class _DDPLoop(ResumableLoop):
         with sync:
             with policy.autocast():
                 emb = p["ddp"](policy.layout(p["norm"].apply(xb)))
-                loss = p["pfc"](emb, yb, step=index).loss
+                loss, columns = p["pfc"](emb, yb, step=index)
+            if isinstance(p["head_opt"], ColumnSGD):
+                p["head_opt"].take(columns)  # sample_rate < 1: only these columns step
             # DDP averages the backbone's gradients: x N makes that the sum of every rank's part (W's
             # own gradient is scaled back by the hook in `_train_rank`).
             policy.backward(loss * policy.world_size)
@@ -201,8 +176,11 @@ class _DDPLoop(ResumableLoop):
         if not torch.isfinite(torch.tensor(loss_value)):
             raise FloatingPointError(f"the ArcFace loss became {loss_value} at step {index + 1}; lower lr")
         self.sums = [self.sums[0] + loss_value * rows, self.sums[1] + hits, self.sums[2] + rows]
+        # The loss's float() above waited for the device, so this is the step's real time.
+        self.busy = [self.busy[0] + time.perf_counter() - started, self.busy[1] + idx.numel()]
+        per_rank = rank_metrics(self.busy[1] / max(self.busy[0], 1e-9), policy.device)
         if self.callbacks is not None:
-            self.callbacks.progress(index + 1, self.total, loss=loss_value, acc=hits / rows)
+            self.callbacks.progress(index + 1, self.total, loss=loss_value, acc=hits / rows, **per_rank)
         if position + 1 == self.steps_per_epoch:
             total_loss, total_hits, seen = self.sums
             self.history.append(
@@ -235,26 +213,6 @@ class _DDPLoop(ResumableLoop):
         return int(hits.item())
 
 
-def _make_optimizers(config: TrainConfig, backbone: nn.Module, pfc: PartialFCLoss) -> tuple[Any, Any, Any, Any]:
-    """The backbone's and the head's optimiser and per-epoch scheduler (one rank's two groups, split)."""
-    from ml.arcface.train import _make_scheduler
-
-    w_decay = config.weight_decay if config.loss_weight_decay is None else config.loss_weight_decay
-    params = [p for p in backbone.parameters() if p.requires_grad]
-    head_lr = config.lr * config.loss_lr_multiplier
-    if config.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
-        head_opt: torch.optim.Optimizer = torch.optim.SGD(
-            [pfc.weight], lr=head_lr, momentum=config.momentum, weight_decay=w_decay
-        )
-    else:
-        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        head_opt = torch.optim.AdamW([pfc.weight], lr=head_lr, weight_decay=w_decay)
-    return opt, _make_scheduler(config, opt), head_opt, _make_scheduler(config, head_opt)
-
-
 def _train_rank(rank: int, channel: RankChannel, dataset: Any, config: TrainConfig,
                 checkpoint: dict[str, Any] | None, options: DistributedOptions) -> TrainedEmbedding | None:  # fmt: skip
     world = options.world_size
@@ -269,7 +227,8 @@ def _train_rank(rank: int, channel: RankChannel, dataset: Any, config: TrainConf
     full = torch.empty(config.embedding_size, num_classes)
     nn.init.normal_(full)  # pytorch-metric-learning's ArcFaceLoss init, drawn after the backbone's, as one rank
     pfc = PartialFCLoss(num_classes, config.embedding_size, margin=config.margin, scale=config.scale,
-                        seed=config.seed, weight=shard_columns(full, world, rank).to(device))  # fmt: skip
+                        seed=config.seed, sample_rate=config.sample_rate,
+                        weight=shard_columns(full, world, rank).to(device))  # fmt: skip
     del full
     x01, y = train_tensors(prep, config, device)
     n = int(x01.shape[0])
@@ -277,7 +236,7 @@ def _train_rank(rank: int, channel: RankChannel, dataset: Any, config: TrainConf
     if batch % world:
         raise TrainConfigError(f"batch_size {batch} must be a multiple of gpus ({world}): it is the global batch")
     lr = scaled_lr(config.lr, batch * config.accumulate, config.lr_reference_batch)
-    opt, sched, head_opt, head_sched = _make_optimizers(dataclasses.replace(config, lr=lr), backbone, pfc)
+    opt, sched, head_opt, head_sched = make_optimizers(dataclasses.replace(config, lr=lr), backbone, pfc)
     pfc.weight.register_hook(lambda grad: grad / world)  # the loss is scaled by N for DDP; W's gradient is not averaged
     policy = LoopPolicy.for_device(
         device, config.mixed_precision, rank=rank, world_size=world, accumulate=config.accumulate,
@@ -296,7 +255,7 @@ def _train_rank(rank: int, channel: RankChannel, dataset: Any, config: TrainConf
         "warmup_steps": config.warmup_epochs * max(1, n // batch) // config.accumulate,
     }  # fmt: skip
     key = fingerprint(config.to_json(), dataset.source, len(dataset), n)
-    loop = _DDPLoop(_RankCallbacks(channel, rank, checkpoint), config, parts, policy, key, options)
+    loop = _DDPLoop(RankCallbacks(channel, rank, checkpoint), config, parts, policy, key, options)
     started = time.monotonic()
     loop.run()
     weight = gather_columns(pfc.weight.detach(), num_classes)

@@ -248,6 +248,8 @@ def train_embedding(
     cb: Callbacks = callbacks if callbacks is not None else LocalCallbacks()
     device = torch.device(device)
     validate_config(config)
+    if config.sample_rate < 1:
+        raise TrainConfigError("sample_rate < 1 (partial FC) is for multi-rank runs (train_embedding_ddp)")
     if progress_every < 1:
         raise TrainConfigError(f"progress_every must be >= 1, got {progress_every}")
     prep = prepare(dataset, config)

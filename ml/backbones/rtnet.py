@@ -13,7 +13,12 @@ column j at j / W). Every bottleneck's 3x3 stage is the hybrid of the paper:
 The resampling grids depend on the RoI: this implementation uses the default RoI of the warp
 (the face box `ml.faces.warp.default_roi` every preprocessed image shares), so the grids depend
 only on each stage's size and are built once per size and device. A per-image RoI passed down the
-stages (the paper's detector box) is not implemented.
+stages (the paper's detector box) is not implemented. Note for whoever does it: with this project's
+polar warp (`keep_aspect_ratio=False`, radii (w, h) / sqrt(pi)) the exact map from polar (angle,
+tanh radius r) to the RoI's tanh-Cartesian space is u = tanh(2 / sqrt(pi) * atanh(r) * cos(angle)),
+v likewise with sin, which no RoI's position or size enters; only `keep_aspect_ratio=True` makes it
+depend on the RoI (through h / w), and the data pipeline warps without it and has no per-image box.
+The Cartesian branch here uses u = r cos(angle), v = r sin(angle) (a tanh-circular space).
 """
 
 from __future__ import annotations

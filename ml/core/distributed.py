@@ -32,7 +32,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-__all__ = ["RankChannel", "RankFailed", "average_buffers", "exit_with_parent", "free_port", "init_rank", "run_ranks"]
+__all__ = [
+    "RankChannel", "RankFailed", "average_buffers", "exit_with_parent", "free_port", "init_rank", "rank_metrics",
+    "run_ranks",
+]  # fmt: skip
 
 POLL_S = 0.2
 
@@ -95,6 +98,29 @@ def average_buffers(module: torch.nn.Module) -> None:
             if buf.is_floating_point():
                 dist.all_reduce(buf)
                 buf.div_(world)
+
+
+def rank_metrics(samples_per_s: float, device: torch.device) -> dict[str, float]:
+    """Every rank's throughput and peak GPU memory, as job metrics (a collective: all ranks call it).
+
+    Each rank's (samples/s, `torch.cuda.max_memory_allocated` in MiB) goes into one all_gather of
+    a 2-element tensor; the answer, the same on every rank, is `rank{r}/samples_per_s` for each
+    rank and, on CUDA only, `rank{r}/gpu_mem_mb`.
+    """
+    cuda = device.type == "cuda"
+    mem = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else 0.0
+    mine = torch.tensor([float(samples_per_s), mem], dtype=torch.float64, device=device)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    parts = [mine] if world == 1 else [torch.empty_like(mine) for _ in range(world)]
+    if world > 1:
+        dist.all_gather(parts, mine)
+    out: dict[str, float] = {}
+    for rank, part in enumerate(parts):
+        rate, mb = part.tolist()
+        out[f"rank{rank}/samples_per_s"] = rate
+        if cuda:
+            out[f"rank{rank}/gpu_mem_mb"] = mb
+    return out
 
 
 def init_rank(rank: int, world_size: int, port: int, device: torch.device, timeout_s: float) -> None:

@@ -203,3 +203,6 @@ def test_nccl_ranks_train_in_mixed_precision_on_cuda(small_data: ImageDataset) -
     state = cb.load_checkpoint()
     assert state is not None and len(state["head"]["weight"]) == ranks
     assert ("scaler" in state) == (not torch.cuda.is_bf16_supported())
+    metrics = cb.steps[-1][2]  # each rank's throughput and peak GPU memory, gathered by rank 0
+    for rank in range(ranks):
+        assert metrics[f"rank{rank}/samples_per_s"] > 0 and metrics[f"rank{rank}/gpu_mem_mb"] > 0
