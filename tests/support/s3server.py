@@ -70,6 +70,10 @@ def start_s3(data_dir: Path, access_key: str = "facejobs", secret_key: str = "fa
     args = [
         weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         "-master.telemetry=false", "-admin.ui=false",
+        # Every test makes its own bucket, and each bucket is a SeaweedFS collection with volumes of its
+        # own: left to itself the server allows free disk / volume size of them (about 70 on a 70 GB disk)
+        # and then answers 500 to every new bucket. Small volumes, and room for thousands.
+        "-master.volumeSizeLimitMB=64", "-volume.max=5000",
         *(f"-{flag}={port}" for flag, port in ports.items()),
     ]  # fmt: skip
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
