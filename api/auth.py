@@ -55,6 +55,12 @@ def _remember(cache_key: tuple[str, str], row: ApiKey) -> None:
         _live[cache_key] = (time.monotonic() + KEY_CACHE_SECONDS, {c: getattr(row, c) for c in _COLUMNS})
 
 
+def forget_cached_keys() -> None:
+    """Drop every remembered key: the next request of each asks the database again."""
+    with _lock:
+        _live.clear()
+
+
 def authenticate(session: Session, settings: Settings, key: str | None) -> ApiKey:
     """The live key row for `key`, or `Unauthorized`."""
     if not key:

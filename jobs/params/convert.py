@@ -41,5 +41,6 @@ KINDS = [
         queue="cpu",
         runner="workers.runners.convert:run_convert_dataset",
         description="Folder or archive dataset -> tar shards or RecordIO, stored as a new dataset, with progress.",
+        oom_hints=("samples_per_shard",),
     ),
 ]

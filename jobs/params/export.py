@@ -39,5 +39,6 @@ KINDS = [
         runner="workers.runners.export:run_export",
         description="A trained backbone as backbone.onnx (opset 17, dynamic batch) with parity in onnxruntime: "
         "largest output difference and verification accuracy against PyTorch.",
+        oom_hints=("max_images",),
     ),
 ]

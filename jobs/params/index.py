@@ -74,5 +74,6 @@ KINDS = [
         description="A face index of embed jobs (flat inner product up to exact_max, HNSW above), or a new version "
         "of one: index.faiss, idmap.json, index.json.",
         ml_configs={"ml.index.face_index:IndexSettings": {}},
+        oom_hints=("hnsw_m", "ef_construction"),
     ),
 ]

@@ -95,6 +95,7 @@ KINDS = [
         runner="workers.runners.search:run_search",
         description="A probe set against a face index: rank-1, rank-5, FNIR at FPIR (report.json), top-k per "
         "probe (matches.csv).",
+        oom_hints=("k",),
     ),
     KindSpec(
         name="search_one",
@@ -102,5 +103,6 @@ KINDS = [
         queue="cpu",
         runner="workers.runners.search:run_search_one",
         description="POST /search: one image's faces (or one embedding) against an index; cached per worker.",
+        oom_hints=("k",),
     ),
 ]

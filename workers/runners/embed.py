@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -183,7 +184,9 @@ def _face_summary(ctx: JobContext, name: str, face: Any) -> dict[str, Any]:
 
     row = face.row
     out = {k: row[k] for k in ("x1", "y1", "x2", "y2", "prob", "image_width", "image_height")}
-    out["landmarks"] = [[float(row[f"lm{i}_x"]), float(row[f"lm{i}_y"])] for i in range(5)]
+    landmarks = [[float(row[f"lm{i}_x"]), float(row[f"lm{i}_y"])] for i in range(5)]
+    # `detector=none` finds no landmarks (NaN): none to draw, rather than NaNs that JSON cannot carry
+    out["landmarks"] = landmarks if all(math.isfinite(v) for point in landmarks for v in point) else None
     pixels = face.crop.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy().copy()
     out["crop"], out["view"] = f"crops/{name}.png", f"views/{name}.png"
     ctx.put_artifact(
