@@ -8,7 +8,7 @@ see that module), in one process and one run:
 
 - `flat`: `ml.index.build_index` forced exact (faiss IndexFlatIP);
 - `hnsw`: the approximate index `build_index` makes above `exact_max` (IndexHNSWFlat, M=32,
-  efConstruction=40, efSearch=128: the defaults of `ml.index.IndexSettings`).
+  efConstruction=40, efSearch=256: the defaults of `ml.index.IndexSettings`).
 
 Latency is one query at a time (what `POST /search` does) on --search-threads faiss threads (1, as
 a worker process runs; on a loaded 2-core machine 2 OpenMP threads made a flat query 4x slower),
@@ -36,6 +36,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from typing import Any  # noqa: E402
 
 import faiss  # noqa: E402
@@ -49,6 +50,9 @@ from ml.index.synthetic import draw_like, synthetic_embeddings  # noqa: E402
 DIM, K, SEED = 512, 10, 0
 SIZES = {"100k": 100_000, "1m": 1_000_000}
 QUICK_SIZES = {"10k": 10_000, "30k": 30_000}
+
+
+EF_SWEEP = (64, 128, 256, 512)  # efSearch values timed on each built graph besides the default
 
 
 def latencies_ms(index: FaceIndex, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,6 +106,14 @@ def measure(label: str, n: int, queries: int, device: torch.device, threads: tup
     faiss.omp_set_num_threads(threads[1])
     hnsw_ms, hnsw_rows = latencies_ms(hnsw, xq, queries)
     recall = np.array([len(set(a) & set(b)) / K for a, b in zip(hnsw_rows, truth, strict=True)])
+    # The same graph at other efSearch values (searches only): what the recall knob costs at this N.
+    ef_sweep = []
+    for ef in EF_SWEEP:
+        tuned = replace(hnsw, settings=replace(hnsw.settings, ef_search=ef))
+        ms, ef_rows = latencies_ms(tuned, xq, queries)
+        hits = [len(set(a) & set(b)) / K for a, b in zip(ef_rows, truth, strict=True)]
+        ef_sweep.append({"ef_search": ef, "p50_ms": float(np.percentile(ms, 50)),
+                         "p99_ms": float(np.percentile(ms, 99)), "recall_at_10": float(np.mean(hits))})  # fmt: skip
     return {
         "label": label,
         "n": n,
@@ -119,6 +131,7 @@ def measure(label: str, n: int, queries: int, device: torch.device, threads: tup
         "recall_at_10": float(recall.mean()),
         "recall_at_10_min": float(recall.min()),
         "recall_at_10_stderr": float(recall.std(ddof=1) / np.sqrt(recall.size)),
+        "ef_sweep": ef_sweep,
         "seconds": time.monotonic() - began,
     }
 
@@ -175,6 +188,13 @@ def main() -> None:
             f"{r['p99_ms']:8.3f} {r['recall_at_10']:10.4f}  (min {r['recall_at_10_min']:.1f}, "
             f"stderr {r['recall_at_10_stderr']:.4f})"
         )
+    print(f"  efSearch on the same graphs: {'N':>9} {'ef':>5} {'p50 ms':>8} {'p99 ms':>8} {'recall@10':>10}")
+    for r in rows:
+        for e in r["ef_sweep"]:
+            print(f"  {'':27} {r['n']:>9} {e['ef_search']:>5} {e['p50_ms']:8.3f} {e['p99_ms']:8.3f} "
+                  f"{e['recall_at_10']:10.4f}")  # fmt: skip
+            for key in ("recall_at_10", "p50_ms", "p99_ms"):
+                figures[f"ef{e['ef_search']}_{key}_{r['label']}"] = e[key]
     if not args.quick:
         print(
             f"  1M targets: recall@10 >= 0.95: {figures['recall_at_10_1m']:.4f}; "

@@ -138,7 +138,7 @@ def test_an_orl_gallery_is_indexed_searched_and_versioned_through_jobs(
         "rows": 94, "identities": 19, "version": 2, "base": f"job:{index_id}", "removed": 6,
     }  # fmt: skip
     assert json.loads(download(stack, f"/jobs/{index_id}/artifacts/idmap.json")) == idmap
-    # Above exact_max the index is HNSW (M 32, efSearch 128 >= 100 rows: it finds what flat finds here).
+    # Above exact_max the index is HNSW (M 32, efSearch 256 >= 100 rows: it finds what flat finds here).
     hnsw_id = submit(stack, {"embed_jobs": [f"job:{gallery_job}"], "exact_max": 50}, kind="index")
     assert stack.wait_job(hnsw_id, timeout=120)["result"]["type"] == "hnsw"
     s_hnsw = submit(stack, {"index": f"job:{hnsw_id}", "embed_job": f"job:{probes_job}"}, kind="search")
