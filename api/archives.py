@@ -33,6 +33,7 @@ import tarfile
 import zipfile
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -293,7 +294,14 @@ def _data_rel(member: Member, images: list[Member], rels: list[tuple[str, ...]])
 
 
 def extract_dataset(
-    path: Path, filename: str, dest: Path, settings: Settings, *, keep_data: bool = False, tolerate_bad: bool = False
+    path: Path,
+    filename: str,
+    dest: Path,
+    settings: Settings,
+    *,
+    keep_data: bool = False,
+    tolerate_bad: bool = False,
+    check_threads: int = 1,
 ) -> DatasetContent:
     """Check, extract and decode every image of the archive at `path` into `dest`."""
     fmt = detect_format(path, filename)
@@ -349,13 +357,22 @@ def extract_dataset(
             "corrupt_archive", f"the archive cannot be read: {scrub_paths(reason)[:300]}", {"error_id": error_id}
         ) from None
     data, out = out[len(images) :], out[: len(images)]
-    bad, good = [], []
-    for img in out:
+    bad: list[dict[str, str]] = []
+    good: list[ExtractedImage] = []
+
+    def check(img: ExtractedImage) -> str | None:
         try:
             img.content_type = check_image(img.path, settings.max_image_pixels, img.rel)
-            good.append(img)
         except BadImage as exc:
-            bad.append({"member": img.rel, "reason": str(exc)})
+            return str(exc)
+        return None
+
+    with ThreadPoolExecutor(max_workers=check_threads) as pool:  # Pillow decodes without the GIL
+        for img, refused in zip(out, pool.map(check, out), strict=True):
+            if refused is None:
+                good.append(img)
+            else:
+                bad.append({"member": img.rel, "reason": refused})
     if bad and tolerate_bad:
         good_rels = {img.rel for img in good}
         for img in out:
