@@ -154,3 +154,28 @@ def test_bad_parts_truncated_archives_and_aborts_leave_nothing(stack: Any, orl_d
     assert not stack.store.exists(f"uploads/{ds_id}/archive")
     assert c.delete(f"/datasets/uploads/{ds_id}").status_code == 204  # a failed upload can be dropped
     assert stack.store.list("uploads") == [] and stack.store.list("datasets") == []
+
+
+def test_upload_limits_are_refused_before_anything_is_stored(stack: Any) -> None:
+    c = client_for(stack, max_upload_bytes=1000, max_archive_uncompressed_bytes=10 * multipart.MIN_PART_BYTES)
+    r = c.post("/datasets/uploads", json={"name": "big.zip", "size": 10 * multipart.MIN_PART_BYTES + 1})
+    assert (r.status_code, r.json()["error"]["code"]) == (413, "payload_too_large")
+    r = c.post("/datasets/uploads", json={"name": "f.zip", "size": 3, "parts": 4})
+    assert (r.status_code, r.json()["error"]["code"]) == (422, "invalid_parts")
+    assert c.post("/datasets/uploads", json={"name": "f.zip", "size": 10, "extra": 1}).status_code == 422
+    if stack.name == "services":  # S3 parts but the last are at least 5 MiB
+        r = c.post("/datasets/uploads", json={"name": "f.zip", "size": 2000, "parts": 2})
+        assert r.json()["error"]["details"] == {"min_part_bytes": multipart.MIN_PART_BYTES}
+    else:  # a part through this API is one request body, under its limit
+        r = c.post("/datasets/uploads", json={"name": "f.zip", "size": 2001, "parts": 2})
+        assert r.json()["error"]["details"] == {"limit_bytes": 1000}
+        started = start(c, "f.zip", 1500, 2)
+        url = started["parts"][0]["url"]
+        r = c.put(url, content=iter([b"x" * 500, b"x" * 500, b"x"]))  # chunked: cut off while it streams
+        assert (r.status_code, r.json()["error"]["details"]) == (413, {"limit_bytes": 750})
+        ds_id = started["dataset_id"]
+        assert c.put(f"/datasets/uploads/{ds_id}/parts/3", content=b"x").status_code == 404  # 2 parts
+        assert multipart.pending_parts(stack.store, f"uploads/{ds_id}/archive", "") == 0
+        assert c.delete(f"/datasets/uploads/{ds_id}").status_code == 204
+    assert stack.store.list("datasets") == [] and stack.store.list("uploads") == []
+    assert c.get("/datasets").json()["data"] == []
