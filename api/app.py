@@ -16,6 +16,7 @@ from api.metrics import build_registry
 from api.routes import (
     artifacts,
     compare,
+    dataset_uploads,
     datasets,
     health,
     job_labels,
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         artifacts,
         logs,
         kinds,
+        dataset_uploads,
         datasets,
         models,
         verify,

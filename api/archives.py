@@ -18,6 +18,10 @@ Refused with 400 and a code (nothing is stored):
                                               upload is refused, listing every bad member, so a
                                               dataset never silently loses files
 Files that are not images (by extension) and hidden files are skipped and reported.
+
+The `ingest` job (workers/runners/ingest.py) runs the same checks with `keep_data` (also keep
+`DATA_SUFFIXES` files: protocols, RecordIO, shards) and `tolerate_bad` (an undecodable image is a
+per-file failure in `DatasetContent.failures`, not a refusal of the whole archive).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import tarfile
 import zipfile
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -44,6 +49,7 @@ CHUNK = 1024 * 1024
 MAX_REPORTED = 100
 DRIVE_RE = re.compile(r"^[A-Za-z]:")
 JUNK_NAMES = frozenset({"Thumbs.db", "desktop.ini"})
+DATA_SUFFIXES = (".txt", ".bin", ".rec", ".idx", ".tar")  # kept by the ingest job beside the images
 
 
 class ArchiveRefused(ApiError):
@@ -76,6 +82,8 @@ class DatasetContent:
     layout: str  # identities | flat
     num_identities: int
     size_bytes: int = field(default=0)
+    data: list[ExtractedImage] = field(default_factory=list)  # kept non-image files (`keep_data`)
+    failures: list[dict[str, str]] = field(default_factory=list)  # bad images (`tolerate_bad`)
 
 
 def member_parts(name: str) -> tuple[str, ...]:
@@ -273,25 +281,53 @@ def _open_archive(path: Path, fmt: str, settings: Settings) -> Any:
     return zipfile.ZipFile(path)
 
 
-def extract_dataset(path: Path, filename: str, dest: Path, settings: Settings) -> DatasetContent:
+def is_data_name(name: str) -> bool:
+    return name.lower().endswith(DATA_SUFFIXES)
+
+
+def _data_rel(member: Member, images: list[Member], rels: list[tuple[str, ...]]) -> tuple[str, ...]:
+    """A kept data file's path: the images' wrapper folder stripped when it wraps the file too."""
+    stripped = bool(images) and len(images[0].parts) == len(rels[0]) + 1
+    if stripped and len(member.parts) >= 2 and member.parts[0] == images[0].parts[0]:
+        return member.parts[1:]
+    return member.parts
+
+
+def extract_dataset(
+    path: Path,
+    filename: str,
+    dest: Path,
+    settings: Settings,
+    *,
+    keep_data: bool = False,
+    tolerate_bad: bool = False,
+    check_threads: int = 1,
+) -> DatasetContent:
     """Check, extract and decode every image of the archive at `path` into `dest`."""
     fmt = detect_format(path, filename)
     try:
         archive_bytes = path.stat().st_size
         with _open_archive(path, fmt, settings) as archive:
             members = scan_members(archive, fmt, settings, archive_bytes)
-            skipped = [m.name for m in members if is_junk(m.parts) or not is_image_name(m.parts[-1])]
+            kept = [m for m in members if keep_data and not is_junk(m.parts) and is_data_name(m.parts[-1])]
+            kept_names = {m.name for m in kept}
+            skipped = [
+                m.name
+                for m in members
+                if (is_junk(m.parts) or not is_image_name(m.parts[-1])) and m.name not in kept_names
+            ]
             images = [m for m in members if not is_junk(m.parts) and is_image_name(m.parts[-1])]
-            if not images:
+            if not images and not kept:
                 raise ArchiveRefused(
                     "no_images",
                     "the archive holds no images (png, jpg, pgm, bmp, ...)",
                     {"skipped": skipped[:MAX_REPORTED]},
                 )
-            layout, rels = plan_layout(images)
+            layout, rels = plan_layout(images) if images else ("flat", [])
+            data_rels = [_data_rel(m, images, rels) for m in kept]
             out: list[ExtractedImage] = []
             budget = unpack_budget(settings, archive_bytes)
-            for member, rel in zip(images, rels, strict=True):
+            for member, rel in zip([*images, *kept], [*rels, *data_rels], strict=True):
                 target = dest.joinpath(*rel)
                 if not target.resolve().is_relative_to(dest.resolve()):
                     raise ArchiveRefused("unsafe_path", f"{member.name!r} escapes the dataset folder")
@@ -320,17 +356,35 @@ def extract_dataset(path: Path, filename: str, dest: Path, settings: Settings) -
         raise ArchiveRefused(
             "corrupt_archive", f"the archive cannot be read: {scrub_paths(reason)[:300]}", {"error_id": error_id}
         ) from None
-    bad = []
-    for img in out:
+    data, out = out[len(images) :], out[: len(images)]
+    bad: list[dict[str, str]] = []
+    good: list[ExtractedImage] = []
+
+    def check(img: ExtractedImage) -> str | None:
         try:
             img.content_type = check_image(img.path, settings.max_image_pixels, img.rel)
         except BadImage as exc:
-            bad.append({"member": img.rel, "reason": str(exc)})
-    if bad:
+            return str(exc)
+        return None
+
+    with ThreadPoolExecutor(max_workers=check_threads) as pool:  # Pillow decodes without the GIL
+        for img, refused in zip(out, pool.map(check, out), strict=True):
+            if refused is None:
+                good.append(img)
+            else:
+                bad.append({"member": img.rel, "reason": refused})
+    if bad and tolerate_bad:
+        good_rels = {img.rel for img in good}
+        for img in out:
+            if img.rel not in good_rels:
+                img.path.unlink(missing_ok=True)
+        out = good
+    elif bad:
         raise ArchiveRefused(
             "invalid_images",
             f"{len(bad)} image(s) cannot be used (e.g. {bad[0]['member']!r}: {bad[0]['reason']}); nothing was stored",
             {"members": bad[:MAX_REPORTED], "count": len(bad)},
         )
     identities = len({i.rel.split("/", 1)[0] for i in out}) if layout == "identities" else 0
-    return DatasetContent(out, skipped, layout, identities, sum(i.size for i in out))
+    size = sum(i.size for i in [*out, *data])
+    return DatasetContent(out, skipped, layout, identities, size, data, bad if tolerate_bad else [])

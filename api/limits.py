@@ -7,11 +7,15 @@ the cap is answered 413 before a byte is read, and a chunked body that passes th
 
 from __future__ import annotations
 
+import re
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError, error_response
 
 STREAMED_ROUTES = frozenset({"/datasets", "/models", "/verify", "/search"})
+# A part of a multipart dataset upload to the local store (api/routes/dataset_uploads.py caps each part).
+STREAMED_PATTERN = re.compile(r"^/datasets/uploads/[^/]+/parts/[0-9]+$")
 
 
 class BodyTooLarge(ApiError):
@@ -31,7 +35,8 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].rstrip("/") in STREAMED_ROUTES:
+        path = scope["path"].rstrip("/") if scope["type"] == "http" else ""
+        if scope["type"] != "http" or path in STREAMED_ROUTES or STREAMED_PATTERN.match(path):
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:

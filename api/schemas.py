@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field
 
+from jobs.dataset_status import status_of
 from jobs.kindspec import Queue
 from jobs.states import JobStatus
 
@@ -184,12 +185,19 @@ class DatasetPublic(BaseModel):
     num_identities: int
     size_bytes: int
     created_at: UtcDatetime
+    files: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def ref(self) -> str:
         """What a job's params use to name this dataset."""
         return f"dataset:{self.id}"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def status(self) -> Literal["uploading", "uploaded", "ingesting", "ready", "failed"]:
+        """`ready` once usable by jobs; a multipart upload passes through the others (`POST /datasets/uploads`)."""
+        return status_of(self.files)  # type: ignore[return-value]
 
 
 class DatasetCreated(DatasetPublic):

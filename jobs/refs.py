@@ -26,6 +26,7 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from jobs.dataset_status import is_ready
 from jobs.models import Dataset, Job, Model
 
 RefKind = Literal["job", "model", "dataset", "builtin"]
@@ -136,6 +137,8 @@ def resolve_ref(session: Session, owner_id: str, ref: Ref) -> Job | Model | Data
         row = session.scalar(select(Dataset).where(Dataset.id == ref.id, Dataset.owner_id == owner_id))
     if row is None:
         raise RefNotFound(ref)
+    if isinstance(row, Dataset) and not is_ready(row.files):
+        raise RefNotFound(ref, "ready dataset")  # an upload not yet ingested (or failed) is no dataset yet
     if isinstance(row, Dataset) and ref.path is not None and ref.path not in set(row.files.get("keys", [])):
         raise RefPathNotFound(ref)
     return row

@@ -61,6 +61,10 @@ PRIVATE_ROUTES = {
     ("GET", "/datasets/{dataset_id}"),
     ("GET", "/datasets/{dataset_id}/files"),
     ("GET", "/datasets/{dataset_id}/thumbnails/{path}"),
+    ("POST", "/datasets/uploads"),
+    ("PUT", "/datasets/uploads/{upload_id}/parts/{number}"),
+    ("POST", "/datasets/uploads/{upload_id}/complete"),
+    ("DELETE", "/datasets/uploads/{upload_id}"),
     ("GET", "/models"),
     ("POST", "/models"),
     ("GET", "/models/{model_id}"),
@@ -111,7 +115,7 @@ def test_every_route_but_the_public_ones_needs_a_valid_key(stack: Any) -> None:
     anonymous = TestClient(stack.app)
     bad_keys = [None, "", "nonsense", "fj_00000000_" + "0" * 32, stack.key + "x", revoked]
     ids = {"job_id": job_id, "dataset_id": "0" * 32, "model_id": "0" * 32, "name": "a.txt", "pipeline_id": "0" * 32,
-           "sweep_id": "0" * 32, "path": "a.pgm"}  # fmt: skip
+           "sweep_id": "0" * 32, "path": "a.pgm", "upload_id": "0" * 32, "number": "1"}  # fmt: skip
     for method, path in sorted(PRIVATE_ROUTES):
         url = fill(path, ids)
         for key in bad_keys:

@@ -165,11 +165,11 @@ def test_kinds_are_found_by_scanning_jobs_params() -> None:
     assert (
         families()
         == files
-        == ["convert", "embed", "embedding", "export", "gan", "index", "invert", "probe", "search", "sweep"]
+        == ["convert", "embed", "embedding", "export", "gan", "index", "ingest", "invert", "probe", "search", "sweep"]
     )
     assert sorted(registry()) == [
-        "convert_dataset", "embed", "evaluate", "export", "index", "invert", "probe", "recover_latent", "search",
-        "search_one", "train_embedding", "train_encoder", "train_generator", "verify",
+        "convert_dataset", "embed", "evaluate", "export", "index", "ingest", "invert", "probe", "recover_latent",
+        "search", "search_one", "train_embedding", "train_encoder", "train_generator", "verify",
     ]  # fmt: skip
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from jobs.dataset_status import is_ready
 from jobs.db import session_scope
 from jobs.errors import JobInputError
 from jobs.models import Artifact, Dataset, Job, Model
@@ -44,7 +45,7 @@ class Inputs(ContextBase):
         ds_id = ref.removeprefix("dataset:")
         with session_scope(self._db) as s:
             ds = s.get(Dataset, ds_id)
-            if ds is None or ds.owner_id != self.owner_id:
+            if ds is None or ds.owner_id != self.owner_id or not is_ready(ds.files):
                 raise JobInputError(f"dataset {ds_id} not found")
             prefix, keys = ds.key_prefix, list(ds.files.get("keys", []))
         full = [join_key(prefix, k) for k in keys] if keys else self.store.list(prefix)
@@ -56,7 +57,7 @@ class Inputs(ContextBase):
         ds_id = ref.removeprefix("dataset:")
         with session_scope(self._db) as s:
             ds = s.get(Dataset, ds_id)
-            if not ref.startswith("dataset:") or ds is None or ds.owner_id != self.owner_id:
+            if not ref.startswith("dataset:") or ds is None or ds.owner_id != self.owner_id or not is_ready(ds.files):
                 raise JobInputError(f"dataset {ds_id} not found")
             return ds.key_prefix, list(ds.files.get("keys", []))
 
