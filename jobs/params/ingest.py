@@ -14,6 +14,7 @@ class IngestParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field(..., pattern=DATASET_REF_PATTERN, description='The upload\'s "dataset:<id>".')
+    check_threads: int = Field(4, ge=1, le=32, description="Images decoded in parallel while validating.")
 
 
 KINDS = [
@@ -23,5 +24,6 @@ KINDS = [
         queue="cpu",
         runner="workers.runners.ingest:run_ingest",
         description="Validate an uploaded archive (paths, sizes, images), store its files and mark the dataset ready.",
+        oom_hints=("check_threads",),
     ),
 ]

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from workers.context import JobContext
 
 PUT_THREADS = 8
-CHECK_THREADS = 4  # image decodes in parallel: a worker owns its cores, a request does not
 
 
 def _row_update(ctx: JobContext, ds_id: str, **values: Any) -> dict[str, Any]:
@@ -83,7 +82,7 @@ def run_ingest(ctx: JobContext) -> dict[str, Any]:
         ctx.progress(0, 2)
         content = extract_dataset(
             archive, upload["filename"], work / "extracted", ctx.settings, keep_data=True, tolerate_bad=True,
-            check_threads=CHECK_THREADS,
+            check_threads=p.check_threads,  # a worker owns its cores, a request does not
         )  # fmt: skip
         if not content.images and not content.data:
             raise ArchiveRefused("no_images", f"every image failed ({len(content.failures)})")
