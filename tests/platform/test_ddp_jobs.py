@@ -91,8 +91,11 @@ def test_a_two_rank_job_survives_a_killed_rank_and_matches_an_uninterrupted_run(
     stack = embedded_stack
     reference = submit(stack, PARAMS, kind="train_embedding")
     victim = submit(stack, PARAMS, kind="train_embedding", max_attempts=3)
-    stack.start_worker(name="ddp", extra_env=FAST_LEASES)
+    # `gpus: 2` sends the jobs to the gpu-2 queue (KindSpec.queue_for); this worker serves it (on the CPU), and
+    # the gpu queue of the evaluate job below
+    stack.start_worker(queues="gpu-2,gpu,cpu", name="ddp", extra_env=FAST_LEASES)
     ref = stack.wait_job(reference, timeout=400)
+    assert ref["queue"] == "gpu-2"
     assert (ref["status"], ref["attempt"]) == ("succeeded", 1), ref.get("error")
     assert ref["result"]["gpus"] == 2 and ref["result"]["epochs"] == EPOCHS
     assert ref["checkpoint_step"] == EPOCHS * STEPS
