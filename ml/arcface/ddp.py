@@ -37,7 +37,6 @@ import contextlib
 import dataclasses
 import io
 import os
-import pickle
 import signal
 import time
 from dataclasses import dataclass
@@ -214,7 +213,7 @@ class _DDPLoop(ResumableLoop):
 
 
 def _train_rank(rank: int, channel: RankChannel, dataset: Any, config: TrainConfig,
-                checkpoint: dict[str, Any] | None, options: DistributedOptions) -> TrainedEmbedding | None:  # fmt: skip
+                checkpoint: dict[str, Any] | None, options: DistributedOptions) -> bytes | None:  # fmt: skip
     world = options.world_size
     device = torch.device("cuda", rank) if options.device_type == "cuda" else torch.device("cpu")
     prep: Prepared = prepare(dataset, config)
@@ -262,7 +261,13 @@ def _train_rank(rank: int, channel: RankChannel, dataset: Any, config: TrainConf
     average_buffers(backbone)
     if rank != 0:
         return None
-    return finish(prep, config, backbone, weight, loop.history, device, time.monotonic() - started)
+    # Plain tensors and numbers, sent as a torch file and read as data (`weights_only`): the host
+    # evaluates and builds the result (`_result`), so no object of a rank is ever unpickled.
+    state = {"backbone": backbone.cpu().state_dict(), "weight": weight.cpu(), "history": loop.history,
+             "seconds": time.monotonic() - started}  # fmt: skip
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
 
 
 def _rank_main(rank: int, world_size: int, port: int, channel: RankChannel, dataset: Any, config: TrainConfig,
@@ -278,13 +283,13 @@ def _rank_main(rank: int, world_size: int, port: int, channel: RankChannel, data
         state = None if checkpoint is None else load_checkpoint_bytes(checkpoint, "checkpoint.pt")
         result = _train_rank(rank, channel, dataset, config, state, options)
         if rank == 0:
-            channel.send("result", pickle.dumps(result))
+            channel.send("result", result)
     except Stopped as exc:
         if rank == 0:
             channel.send("stopped", str(exc), (exc.step, exc.total))
     except BaseException as exc:  # reported to the host, which raises it or RankFailed
-        keep = exc if isinstance(exc, InputError | FloatingPointError) else None
-        channel.send("error", rank, f"{type(exc).__name__}: {exc}", pickle.dumps(keep))
+        # Only the class name and text travel; the host re-raises input errors by name (`_reraisable`).
+        channel.send("error", rank, f"{type(exc).__name__}: {exc}", (type(exc).__name__, str(exc)))
         code = 1
     finally:
         if dist.is_initialized():
@@ -313,7 +318,7 @@ def train_embedding_ddp(
     validate_config(config)
     if opts.world_size < 1:
         raise TrainConfigError(f"gpus must be >= 1, got {opts.world_size}")
-    prepare(dataset, config)  # data errors here, before any rank starts
+    prep = prepare(dataset, config)  # data errors here, before any rank starts
     box: dict[str, Any] = {}
 
     def on_message(message: tuple[Any, ...]) -> bool:
@@ -326,11 +331,11 @@ def train_embedding_ddp(
             cb.save_checkpoint(load_checkpoint_bytes(message[1], "checkpoint.pt"))
             return True  # a stop asked for now is seen at the next step
         elif what == "result":
-            box["result"] = pickle.loads(message[1])
+            box["result"] = load_checkpoint_bytes(message[1], "the result of rank 0")
         elif what == "stopped":
             box["stopped"] = (message[1], message[2])
         elif what == "error":
-            box.setdefault("errors", []).append((message[1], message[2], pickle.loads(message[3])))
+            box.setdefault("errors", []).append((message[1], message[2], _reraisable(*message[3])))
         return False
 
     # The checkpoint goes to the ranks as bytes, each loading its own copy: tensors handed over as
@@ -355,4 +360,28 @@ def train_embedding_ddp(
     if "stopped" in box:
         message, numbers = box["stopped"]
         raise Stopped(message, *numbers)
-    return box["result"]
+    return _result(prep, config, box["result"], opts)
+
+
+def _result(prep: Prepared, config: TrainConfig, sent: dict[str, Any], opts: DistributedOptions) -> TrainedEmbedding:
+    """Rank 0's trained weights, evaluated here on the held-out part, as a 1-rank run's result."""
+    backbone = create_backbone(config.backbone, **prep.resolved["backbone_kwargs"])
+    backbone.load_state_dict(sent["backbone"])
+    device = torch.device("cuda", 0) if opts.device_type == "cuda" else torch.device("cpu")
+    return finish(prep, config, backbone.to(device), sent["weight"], sent["history"], device, sent["seconds"])
+
+
+def _input_errors(cls: type[BaseException]) -> dict[str, type[BaseException]]:
+    found = {cls.__name__: cls}
+    for sub in cls.__subclasses__():
+        found.update(_input_errors(sub))
+    return found
+
+
+def _reraisable(name: str, text: str) -> BaseException | None:
+    """A rank's input error (or float error) rebuilt from its class name and text; None for any other."""
+    cls = {**_input_errors(InputError), "FloatingPointError": FloatingPointError}.get(name)
+    try:
+        return cls(text) if cls is not None else None
+    except TypeError:  # a subclass whose constructor takes other arguments: reported as text only
+        return None

@@ -5,11 +5,12 @@ The run also samples negatives (sample_rate 0.5: the head steps with `ColumnSGD`
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from ml.arcface.config import TrainConfig
+from ml.arcface.config import TrainConfig, TrainConfigError
 from ml.arcface.ddp import DistributedOptions, train_embedding_ddp
 from ml.core.callbacks import LocalCallbacks
 from ml.data import load_mnist
@@ -41,3 +42,13 @@ def test_two_ranks_report_samples_per_second_each_and_no_gpu_memory_on_cpu(mnist
         assert metrics["rank0/samples_per_s"] > 0 and metrics["rank1/samples_per_s"] > 0
     assert result.arcface_weight.shape == (16, 10) and bool(result.arcface_weight.isfinite().all())
     assert not any("gpu_mem_mb" in k for k in cb.steps[-1][2])  # CPU: no GPU memory to report
+
+
+@pytest.mark.timeout(300)
+def test_an_input_error_in_a_rank_is_raised_by_name_on_the_host(mnist_dir: Path) -> None:
+    # batch_size 33 is checked by each rank (it must split evenly): only the error's class name and
+    # text come back, and the host raises that class again, not RankFailed.
+    data = load_mnist(mnist_dir, 16, max_samples=160)
+    config = dataclasses.replace(TINY, batch_size=33)
+    with pytest.raises(TrainConfigError, match=r"batch_size 33 must be a multiple of gpus \(2\)"):
+        train_embedding_ddp(data, config, LocalCallbacks(), DistributedOptions(world_size=2, threads=1, timeout_s=60.0))
