@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -104,3 +105,18 @@ def wait_until_ended(session: Session, job: Job, url: str, seconds: float) -> No
                 return
             ended.wait(min(RECHECK_SECONDS, left))
             ended.clear()
+
+
+def wait_for_end(session: Session, job_id: str, url: str, seconds: float) -> tuple[JobStatus, Any, str | None]:
+    """(status, result, error) of job `job_id` once it has ended, or as it is after `seconds` (any length:
+    `wait_until_ended` is called again past MAX_WAIT_SECONDS). For the routes that answer with a job's result."""
+    job = session.get(Job, job_id)
+    assert job is not None
+    deadline = time.monotonic() + seconds
+    while True:
+        wait_until_ended(session, job, url, max(0.0, deadline - time.monotonic()))
+        if JobStatus(job.status).terminal or time.monotonic() >= deadline:
+            break
+    out = (JobStatus(job.status), job.result, job.error)
+    session.commit()
+    return out

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import CeleryDep, CurrentKey, SessionDep, SettingsDep, StoreDep
 from api.errors import ApiError, NotFound
 from api.ingest import commit_or_undo, put_all
-from api.job_wait import wait_until_ended
+from api.job_wait import wait_for_end
 from api.routes import keyed_router
 from api.routes.uploading import multipart_body, upload_dir
 from api.routes.verify import MAX_TIMEOUT_S, _check_upload
@@ -165,19 +164,6 @@ def _submit(
     return job
 
 
-def _wait(session: Session, job_id: str, url: str, seconds: float) -> tuple[JobStatus, Any, str | None]:
-    job = session.get(Job, job_id)
-    assert job is not None
-    deadline = time.monotonic() + seconds
-    while True:  # wait_until_ended waits at most MAX_WAIT_SECONDS a call
-        wait_until_ended(session, job, url, max(0.0, deadline - time.monotonic()))
-        if JobStatus(job.status).terminal or time.monotonic() >= deadline:
-            break
-    out = (JobStatus(job.status), job.result, job.error)
-    session.commit()
-    return out
-
-
 @router.post(
     "",
     response_model=SearchResult,
@@ -215,7 +201,9 @@ async def search(
         form = await receive_multipart(request, workdir, MAX_VERIFY_IMAGE_BYTES, {"image"})
         job = await run_in_threadpool(_submit, session, store, celery, settings, key, form.files, form.fields)
     job_id = job.id
-    status, result, error = await run_in_threadpool(_wait, session, job_id, settings.resolved_database_url, timeout)
+    status, result, error = await run_in_threadpool(
+        wait_for_end, session, job_id, settings.resolved_database_url, timeout
+    )
     if status == JobStatus.SUCCEEDED and isinstance(result, dict):
         if result.get("index") and not result.get("faces"):
             raise ApiError(422, "no_face", "no face was found in the image", {"job_id": job_id})

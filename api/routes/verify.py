@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +15,7 @@ from api.deps import CeleryDep, CurrentKey, SessionDep, SettingsDep, StoreDep
 from api.errors import ApiError, NotFound, PayloadTooLarge
 from api.images import BadImage, check_image
 from api.ingest import commit_or_undo, put_all
+from api.job_wait import wait_for_end
 from api.routes import keyed_router
 from api.routes.uploading import multipart_body, upload_dir
 from api.schemas import ErrorBody, VerifyPending, VerifyResult
@@ -171,15 +170,6 @@ def _submit(
     return job
 
 
-def _poll(session: Session, job_id: str) -> tuple[JobStatus, dict[str, Any] | None, str | None]:
-    session.expire_all()
-    job = session.get(Job, job_id)
-    assert job is not None
-    out = (job.status, job.result, job.error)
-    session.commit()  # end the read: no pooled connection is held between polls
-    return out
-
-
 @router.post(
     "",
     response_model=VerifyResult,
@@ -221,20 +211,13 @@ async def verify(
         form = await receive_multipart(request, workdir, 2 * MAX_VERIFY_IMAGE_BYTES, set(INPUT_NAMES))
         job = await run_in_threadpool(_submit, session, store, celery, settings, key, form.files, form.fields)
     job_id = job.id
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while True:
-        status, result, error = await run_in_threadpool(_poll, session, job_id)
-        if status == JobStatus.SUCCEEDED and result is not None:
-            return VerifyResult(job_id=job_id, **result)
-        if status in (JobStatus.FAILED, JobStatus.CANCELLED):
-            first = (error or status.value).strip().splitlines()[0][:500]
-            raise ApiError(422, "verify_failed", f"the verify job {status.value}: {first}", {"job_id": job_id})
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        await asyncio.sleep(min(delay, remaining))
-        delay = min(delay * 2, 0.5)
+    url = settings.resolved_database_url
+    status, result, error = await run_in_threadpool(wait_for_end, session, job_id, url, timeout)
+    if status == JobStatus.SUCCEEDED and result is not None:
+        return VerifyResult(job_id=job_id, **result)
+    if status in (JobStatus.FAILED, JobStatus.CANCELLED):
+        first = (error or status.value).strip().splitlines()[0][:500]
+        raise ApiError(422, "verify_failed", f"the verify job {status.value}: {first}", {"job_id": job_id})
     pending = VerifyPending(
         job_id=job_id,
         status=status.value,
